@@ -1,0 +1,354 @@
+//! Typed settings: `config/default.toml`, then the file named by `--config` /
+//! `ONBOARDING_CONFIG`, then `ONBOARDING__SECTION__KEY` environment variables.
+//!
+//! Owns the [`Secret`] type, whose `Debug` and `Display` print nothing, so a
+//! settings struct can be logged whole without leaking a password.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A value that must never be printed: passwords, client secrets.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The only way to read the value; grep for it when auditing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Settings {
+    pub amqp: AmqpSettings,
+    pub metrics: MetricsSettings,
+    pub ledger: LedgerSettings,
+    pub worker: WorkerSettings,
+    pub providers: ProvidersSettings,
+    pub sandbox: SandboxSettings,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct AmqpSettings {
+    /// Broker URL; may carry a password, so it is a secret.
+    pub url: Secret,
+    /// Unacknowledged deliveries per consumer (one consumer per queue).
+    pub prefetch: u16,
+    /// Larger request bodies are `invalid_request`, kept whole in `onboarding.dead`.
+    pub max_body_bytes: usize,
+    /// First and longest pause between reconnection attempts.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct MetricsSettings {
+    /// `/metrics`, `/healthz`, `/readyz` listen here.
+    pub listen: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct LedgerSettings {
+    /// `sqlite://path` (one host) or `postgres://...` (many hosts). May hold a password.
+    pub url: Secret,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct WorkerSettings {
+    /// How long SIGTERM waits for deliveries in hand before closing anyway.
+    pub shutdown_grace_ms: u64,
+    /// Added to a step's call timeout to form its lease in the ledger; a second
+    /// copy of the same step waits this long before assuming the holder died.
+    pub lease_margin_ms: u64,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ProvidersSettings {
+    pub magento_bi: MagentoBiSettings,
+    pub computestacks: ComputeStacksSettings,
+    pub sharespine: SharespineSettings,
+}
+
+/// How a provider's HTTP calls are made and retried; one per provider.
+#[derive(Clone, Debug, Deserialize)]
+pub struct CallSettings {
+    /// One HTTP call, connect to last byte.
+    pub timeout_ms: u64,
+    /// Transient failures of one step tolerated before `exhausted`.
+    pub max_attempts: u32,
+    /// Back-off: full jitter over `min(cap, base * 2^attempt)`.
+    pub retry_base_ms: u64,
+    pub retry_cap_ms: u64,
+    /// A longer response body is a transient `bad_response`, never buffered whole.
+    pub max_response_bytes: usize,
+    /// Steps of this provider in flight at once in one worker.
+    pub concurrency: usize,
+}
+
+impl CallSettings {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// How an asynchronous job is waited on: each "not yet" goes back through a
+/// delay queue after the current interval, which grows up to a cap.
+#[derive(Clone, Debug, Deserialize)]
+pub struct PollSettings {
+    pub interval_ms: u64,
+    pub growth: f64,
+    pub max_interval_ms: u64,
+    /// From the first poll; past it the request fails `timed_out`.
+    pub deadline_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct MagentoBiSettings {
+    pub api_base: String,
+    pub dashboard_base: String,
+    pub username: String,
+    pub password: Secret,
+    pub client_id: i64,
+    pub client_secret: Secret,
+    /// Renew the token this long before `expires_in` runs out.
+    pub token_renew_margin_ms: u64,
+    pub calls: CallSettings,
+    /// One entry per poll step: poll_signup, poll_connection, poll_connection_test, poll_dashboards.
+    pub polls: BTreeMap<String, PollSettings>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ComputeStacksSettings {
+    pub base_url: String,
+    pub admin_username: String,
+    pub admin_password: Secret,
+    pub calls: CallSettings,
+    /// Entry `poll_order`.
+    pub polls: BTreeMap<String, PollSettings>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct SharespineSettings {
+    pub base_url: String,
+    pub username: String,
+    pub password: Secret,
+    pub reseller_code: String,
+    pub user_agent: String,
+    pub calls: CallSettings,
+}
+
+/// `onboarding-worker sandbox` and `demo`: where the emulated APIs listen and
+/// the credentials they accept (the worker's defaults, so the two fit).
+#[derive(Clone, Debug, Deserialize)]
+pub struct SandboxSettings {
+    pub sharespine_listen: String,
+    pub computestacks_listen: String,
+    pub magento_api_listen: String,
+    pub magento_dashboard_listen: String,
+    /// Added to every sandbox response.
+    pub latency_ms: u64,
+    /// How long emulated asynchronous jobs (orders, signups, connection tests, dashboards) take.
+    pub job_duration_ms: u64,
+    /// Lifetime of a Magento BI access token.
+    pub token_ttl_s: u64,
+}
+
+/// The built-in defaults: the same file that ships as `config/default.toml`,
+/// compiled in so the binary works from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+impl Settings {
+    /// Loads defaults, then `file` (if any), then `ONBOARDING__*` from the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_with_env(file, None)
+    }
+
+    /// As [`Settings::load`], with the environment given explicitly (tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::File {
+                    path: path.to_owned(),
+                    message: "not found".into(),
+                });
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        let mut environment = config::Environment::with_prefix("ONBOARDING")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true);
+        if let Some(env) = env {
+            environment = environment.source(Some(env.into_iter().collect()));
+        }
+        builder = builder.add_source(environment);
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError::Invalid(format!("{key}: {why}")));
+        if self.amqp.prefetch == 0 {
+            return bad("amqp.prefetch", "must be at least 1");
+        }
+        if self.amqp.max_body_bytes == 0 {
+            return bad("amqp.max_body_bytes", "must be at least 1");
+        }
+        if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(
+                "metrics.listen",
+                "must be an address such as 127.0.0.1:9464",
+            );
+        }
+        if !matches!(self.worker.log_format.as_str(), "text" | "json") {
+            return bad("worker.log_format", "must be \"text\" or \"json\"");
+        }
+        let url = self.ledger.url.expose();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return bad("ledger.url", "must start with sqlite: or postgres://");
+        }
+        for (name, calls) in [
+            ("magento_bi", &self.providers.magento_bi.calls),
+            ("computestacks", &self.providers.computestacks.calls),
+            ("sharespine", &self.providers.sharespine.calls),
+        ] {
+            if calls.concurrency == 0 {
+                return bad(
+                    &format!("providers.{name}.calls.concurrency"),
+                    "must be at least 1",
+                );
+            }
+            if calls.max_attempts == 0 {
+                return bad(
+                    &format!("providers.{name}.calls.max_attempts"),
+                    "must be at least 1",
+                );
+            }
+            if calls.timeout_ms == 0 {
+                return bad(
+                    &format!("providers.{name}.calls.timeout_ms"),
+                    "must be at least 1",
+                );
+            }
+        }
+        for (provider, polls) in [
+            ("magento_bi", &self.providers.magento_bi.polls),
+            ("computestacks", &self.providers.computestacks.polls),
+        ] {
+            for (step, p) in polls {
+                if p.growth < 1.0 || !p.growth.is_finite() {
+                    return bad(
+                        &format!("providers.{provider}.polls.{step}.growth"),
+                        "must be at least 1.0",
+                    );
+                }
+                if p.interval_ms == 0 {
+                    return bad(
+                        &format!("providers.{provider}.polls.{step}.interval_ms"),
+                        "must be at least 1",
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn secret_prints_nothing_in_debug_or_display() {
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s:?} {s}").contains("hunter2"));
+    }
+
+    #[test]
+    fn defaults_load_and_environment_overrides_them() {
+        let env = HashMap::from([
+            ("ONBOARDING__AMQP__PREFETCH".to_string(), "7".to_string()),
+            (
+                "ONBOARDING__PROVIDERS__SHARESPINE__BASE_URL".to_string(),
+                "http://example.test".to_string(),
+            ),
+            (
+                "ONBOARDING__PROVIDERS__MAGENTO_BI__CALLS__TIMEOUT_MS".to_string(),
+                "1234".to_string(),
+            ),
+        ]);
+        let s = Settings::load_with_env(None, Some(env)).unwrap();
+        assert_eq!(s.amqp.prefetch, 7);
+        assert_eq!(s.providers.sharespine.base_url, "http://example.test");
+        assert_eq!(s.providers.magento_bi.calls.timeout_ms, 1234);
+        assert_eq!(s.amqp.url.expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(s.metrics.listen, "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let env = HashMap::from([("ONBOARDING__AMQP__PREFETCH".to_string(), "lots".to_string())]);
+        let err = Settings::load_with_env(None, Some(env))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefetch"), "{err}");
+        let env = HashMap::from([("ONBOARDING__AMQP__PREFETCH".to_string(), "0".to_string())]);
+        let err = Settings::load_with_env(None, Some(env))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("amqp.prefetch"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error_naming_it() {
+        let err = Settings::load(Some(Path::new("/nonexistent/x.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/x.toml"), "{err}");
+    }
+}

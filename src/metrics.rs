@@ -1,0 +1,241 @@
+//! Every metric the worker exports (names live here and nowhere else), and the
+//! `/metrics`, `/healthz`, `/readyz` listener.
+//!
+//! Labels come from bounded sets only: provider, operation, step names, outcome
+//! and reason enums. Never a request id, never an error text.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// The worker's metrics, registered in a registry of their own (so tests can
+/// build many workers in one process).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Final outcome of requests: completed, or the failure's error kind.
+    pub requests_total: IntCounterVec,
+    /// Requests taken on (the `accepted` event).
+    pub requests_accepted_total: IntCounterVec,
+    /// Step executions by outcome: done, pending, retry, skipped (already in the ledger), and failure kinds.
+    pub steps_total: IntCounterVec,
+    /// Time of one step's provider work (not its waits).
+    pub step_duration_seconds: HistogramVec,
+    /// Provider HTTP calls by status class (2xx..5xx, timeout, connection).
+    pub provider_http_requests_total: IntCounterVec,
+    /// Steps sent back through a delay queue after a transient failure, by reason.
+    pub retries_total: IntCounterVec,
+    /// "Not yet" answers of a poll step.
+    pub polls_total: IntCounterVec,
+    /// Steps running in this worker now.
+    pub steps_in_flight: IntGaugeVec,
+    /// Requests the ledger knows as running / waiting in a delay queue (sampled).
+    pub onboardings_running: IntGauge,
+    pub onboardings_waiting: IntGauge,
+    /// A second copy of a running request, dropped.
+    pub duplicates_dropped_total: IntCounterVec,
+    /// Messages put in `onboarding.dead`, by error kind.
+    pub dead_lettered_total: IntCounterVec,
+    /// Provider access tokens obtained (Magento BI).
+    pub token_renewals_total: IntCounterVec,
+    /// A create that may have been repeated after a crash (the call succeeded
+    /// earlier but was not recorded): see the README's guarantees.
+    pub create_repeats_total: IntCounterVec,
+    /// Events published, by event name.
+    pub events_published_total: IntCounterVec,
+    /// 1 while connected to the broker and consuming.
+    pub broker_connected: IntGauge,
+    /// Connections (re)established.
+    pub broker_connections_total: prometheus::IntCounter,
+    /// Ledger operation latency.
+    pub ledger_seconds: Histogram,
+}
+
+const STEP_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("registered once");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("registered once");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let step_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "onboarding_step_duration_seconds",
+                "Time of one step's provider work, by provider and step.",
+            )
+            .buckets(STEP_BUCKETS.to_vec()),
+            &["provider", "step"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(step_duration_seconds.clone()))
+            .expect("registered once");
+        let steps_in_flight = IntGaugeVec::new(
+            Opts::new(
+                "onboarding_steps_in_flight",
+                "Steps running in this worker now, by provider.",
+            ),
+            &["provider"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(steps_in_flight.clone()))
+            .expect("registered once");
+        let ledger_seconds = Histogram::with_opts(
+            HistogramOpts::new("onboarding_ledger_seconds", "Time of one ledger operation.")
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+                ]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(ledger_seconds.clone()))
+            .expect("registered once");
+        let broker_connections_total = prometheus::IntCounter::new(
+            "onboarding_broker_connections_total",
+            "Broker connections established (first and reconnections).",
+        )
+        .expect("valid metric");
+        r.register(Box::new(broker_connections_total.clone()))
+            .expect("registered once");
+        let build_info = IntGaugeVec::new(
+            Opts::new("onboarding_build_info", "Always 1; the version as a label."),
+            &["version"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(build_info.clone()))
+            .expect("registered once");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        Metrics {
+            requests_total: counter(&r, "onboarding_requests_total", "Requests that ended, by provider, operation and outcome (completed or the error kind).", &["provider", "operation", "outcome"]),
+            requests_accepted_total: counter(&r, "onboarding_requests_accepted_total", "Valid requests taken on.", &["provider", "operation"]),
+            steps_total: counter(&r, "onboarding_steps_total", "Step executions by provider, step and outcome.", &["provider", "step", "outcome"]),
+            step_duration_seconds,
+            provider_http_requests_total: counter(&r, "onboarding_provider_http_requests_total", "Provider HTTP calls by provider, step and status class.", &["provider", "step", "status_class"]),
+            retries_total: counter(&r, "onboarding_retries_total", "Steps retried through a delay queue, by provider and reason.", &["provider", "reason"]),
+            polls_total: counter(&r, "onboarding_polls_total", "Poll answers of 'not yet', by provider and step.", &["provider", "step"]),
+            steps_in_flight,
+            onboardings_running: gauge(&r, "onboarding_onboardings_running", "Requests the ledger holds as running (sampled)."),
+            onboardings_waiting: gauge(&r, "onboarding_onboardings_waiting", "Running requests whose next step waits in a delay queue (sampled)."),
+            duplicates_dropped_total: counter(&r, "onboarding_duplicates_dropped_total", "Copies of a running request dropped, by provider.", &["provider"]),
+            dead_lettered_total: counter(&r, "onboarding_dead_lettered_total", "Messages put in onboarding.dead, by reason (error kind).", &["reason"]),
+            token_renewals_total: counter(&r, "onboarding_token_renewals_total", "Provider access tokens obtained, by provider.", &["provider"]),
+            create_repeats_total: counter(&r, "onboarding_create_repeats_total", "Creates possibly repeated after a crash, by provider and step.", &["provider", "step"]),
+            events_published_total: counter(&r, "onboarding_events_published_total", "Events published, by event.", &["event"]),
+            broker_connected: gauge(&r, "onboarding_broker_connected", "1 while connected to the broker and consuming."),
+            broker_connections_total,
+            ledger_seconds,
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding");
+        String::from_utf8(buf).expect("utf-8")
+    }
+}
+
+/// Liveness and readiness, shared by the broker loop and the HTTP listener.
+#[derive(Clone, Default)]
+pub struct Health {
+    ready: Arc<AtomicBool>,
+}
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Metrics,
+    health: Health,
+}
+
+/// The metrics listener's routes.
+pub fn router(metrics: Metrics, health: Health) -> Router {
+    Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { metrics, health })
+}
+
+async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    if s.health.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: broker not connected\n",
+        )
+    }
+}
+
+/// Binds `listen` and serves until `shutdown` resolves. Returns the bound address.
+pub async fn serve(
+    listen: &str,
+    metrics: Metrics,
+    health: Health,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let app = router(metrics, health);
+    let handle = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error.message = %e, "metrics listener failed");
+        }
+    });
+    Ok((addr, handle))
+}
