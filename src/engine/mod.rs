@@ -4,3 +4,4 @@
 //! the [`Transport`] trait and to providers through [`step::Provider`].
 
 pub mod step;
+pub mod local;
