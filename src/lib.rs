@@ -14,9 +14,16 @@
 //! - [`worker`]: wires it all together and runs until shutdown.
 //! - [`cli`], [`telemetry`]: the binary's edges.
 
+pub mod broker;
+pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod engine;
+pub mod ledger;
 pub mod metrics;
 pub mod providers;
 pub mod sandbox;
+pub mod status;
+pub mod telemetry;
+pub mod worker;

@@ -33,7 +33,13 @@ pub async fn run_plan(
     max_polls: u32,
 ) -> Result<LocalRun, String> {
     let plan = provider.plan(operation, input)?;
-    let mut run = LocalRun { outputs: Map::new(), secrets: Map::new(), steps_done: Vec::new(), polls: 0, failure: None };
+    let mut run = LocalRun {
+        outputs: Map::new(),
+        secrets: Map::new(),
+        steps_done: Vec::new(),
+        polls: 0,
+        failure: None,
+    };
     let request_id = "local-run";
     for step in plan {
         let mut attempt = 0;
@@ -62,12 +68,17 @@ pub async fn run_plan(
                     polls += 1;
                     run.polls += 1;
                     if polls > max_polls {
-                        return Err(format!("{} still pending after {max_polls} polls", step.name));
+                        return Err(format!(
+                            "{} still pending after {max_polls} polls",
+                            step.name
+                        ));
                     }
                     poll_state = state;
                     tokio::time::sleep(poll_sleep).await;
                 }
-                Err(StepError::Transient { .. }) if attempt + 1 < provider.retry_policy().max_attempts => {
+                Err(StepError::Transient { .. })
+                    if attempt + 1 < provider.retry_policy().max_attempts =>
+                {
                     attempt += 1;
                     tokio::time::sleep(poll_sleep).await;
                 }

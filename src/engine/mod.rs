@@ -1,7 +1,970 @@
 //! The step machine: validates requests, runs one step per message, classifies
-//! the outcome and decides what follows (next step, delayed retry or poll,
-//! final event). Knows nothing of lapin or HTTP: it talks to the broker through
-//! the [`Transport`] trait and to providers through [`step::Provider`].
+//! the outcome in one place and decides what follows (next step, delayed retry
+//! or poll, final event). Knows nothing of lapin or HTTP: it reaches the broker
+//! through [`Transport`] and providers through [`step::Provider`].
+//!
+//! Every handler returns `Ok` only once everything that follows from its
+//! message (ledger record, next message, event) is recorded and confirmed; the
+//! caller acknowledges the message then, and not before.
 
-pub mod step;
 pub mod local;
+pub mod schedule;
+pub mod step;
+pub mod wire;
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::domain::{ErrorKind, EventKind, Operation, ProviderId, RetryReason};
+use crate::ledger::{
+    now_ms, Accept, Claim, Finish, Ledger, LedgerError, NewRequest, Progress, RequestRecord, Status,
+};
+use crate::metrics::Metrics;
+use crate::providers::Providers;
+use step::{Provider, StepContext, StepError, StepKey, StepOutcome};
+use wire::{Event, Invalid, StepMessage};
+
+/// The header that marks a request copy as an operator's redrive (`dead replay`).
+pub const REPLAY_HEADER: &str = "x-onboarding-replay";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("broker: {0}")]
+    Broker(String),
+    #[error("broker returned the message as unroutable: {0}")]
+    Unroutable(String),
+    #[error("broker refused the message (nack)")]
+    Nacked,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// The broker's properties of a message the engine forwards whole; opaque here.
+#[derive(Clone, Default)]
+pub struct OriginalProps(pub Option<Arc<dyn Any + Send + Sync>>);
+
+/// Why a message goes to `onboarding.dead`; becomes its headers.
+#[derive(Debug, Clone)]
+pub struct DeadReason {
+    pub request_id: Option<String>,
+    pub kind: ErrorKind,
+    pub step: Option<String>,
+    pub message: String,
+}
+
+/// What the engine needs of the broker; every publish is confirmed before it returns.
+#[async_trait]
+pub trait Transport: Send + Sync {
+    /// A step message to `provider`'s step queue, after `delay` (through a delay tier).
+    async fn publish_step(
+        &self,
+        provider: ProviderId,
+        body: Vec<u8>,
+        delay: Duration,
+    ) -> Result<(), TransportError>;
+    /// An event to `onboarding.events`.
+    async fn publish_event(
+        &self,
+        routing_key: &str,
+        request_id: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<(), TransportError>;
+    /// The original message, whole, to `onboarding.dead`.
+    async fn publish_dead(
+        &self,
+        body: &[u8],
+        props: &OriginalProps,
+        reason: &DeadReason,
+    ) -> Result<(), TransportError>;
+}
+
+/// A delivery as the engine sees it.
+pub struct Incoming<'a> {
+    pub body: &'a [u8],
+    /// The broker delivered it before (a worker died or a channel closed holding it).
+    pub redelivered: bool,
+    /// Carries the replay mark of `dead replay`.
+    pub replay: bool,
+    pub props: OriginalProps,
+}
+
+/// Engine settings that are not per provider.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    pub max_body_bytes: usize,
+    pub lease_margin: Duration,
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    providers: Providers,
+    ledger: Arc<dyn Ledger>,
+    metrics: Metrics,
+    settings: EngineSettings,
+}
+
+/// A delay tier may deliver this much early and the step still runs.
+const EARLY_TOLERANCE_MS: i64 = 25;
+
+impl Engine {
+    pub fn new(
+        providers: Providers,
+        ledger: Arc<dyn Ledger>,
+        metrics: Metrics,
+        settings: EngineSettings,
+    ) -> Self {
+        Engine {
+            providers,
+            ledger,
+            metrics,
+            settings,
+        }
+    }
+
+    pub fn providers(&self) -> &Providers {
+        &self.providers
+    }
+
+    /// A message from `onboarding.requests`.
+    pub async fn handle_request(
+        &self,
+        t: &dyn Transport,
+        msg: Incoming<'_>,
+    ) -> Result<(), EngineError> {
+        let request = match wire::parse_request(msg.body, self.settings.max_body_bytes) {
+            Ok(r) => r,
+            Err(invalid) => return self.reject_invalid(t, &msg, invalid).await,
+        };
+        let span = tracing::info_span!("request", request_id = %request.request_id, provider = request.provider.as_str());
+        async {
+            let provider = self.provider(request.provider);
+            if let Err(message) = provider.plan(request.operation, &request.input) {
+                let invalid = Invalid {
+                    request_id: Some(request.request_id.clone()),
+                    provider: Some(request.provider),
+                    operation: Some(request.operation),
+                    message,
+                };
+                return self.reject_invalid(t, &msg, invalid).await;
+            }
+            if msg.replay {
+                if let Some(record) = self.ledger.redrive(&request.request_id).await? {
+                    return self.resume_redrive(t, &request, record).await;
+                }
+            }
+            let new = NewRequest {
+                request_id: request.request_id.clone(),
+                provider: request.provider.as_str().into(),
+                operation: request.operation.as_str().into(),
+                body: msg.body.to_vec(),
+            };
+            match self.ledger.accept(&new).await? {
+                Accept::New { .. } => {
+                    let first = first_step(&request.request_id, request.provider);
+                    let accepted = Event::new(
+                        EventKind::Accepted,
+                        Some(&request.request_id),
+                        Some(request.provider),
+                        Some(request.operation),
+                    );
+                    tokio::try_join!(
+                        t.publish_step(request.provider, first.to_bytes(), Duration::ZERO),
+                        self.publish_event(t, &accepted),
+                    )?;
+                    self.metrics
+                        .requests_accepted_total
+                        .with_label_values(&[request.provider.as_str(), request.operation.as_str()])
+                        .inc();
+                    info!(operation = request.operation.as_str(), "accepted");
+                    Ok(())
+                }
+                Accept::Existing(record) => self.on_copy(t, &msg, &request, &record).await,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// A second copy of a known request (CONTRACT §6 "once per request_id").
+    async fn on_copy(
+        &self,
+        t: &dyn Transport,
+        msg: &Incoming<'_>,
+        request: &wire::ValidRequest,
+        record: &RequestRecord,
+    ) -> Result<(), EngineError> {
+        match (record.status, &record.final_event) {
+            (Status::Completed | Status::Failed, Some(final_event)) => {
+                info!(
+                    status = record.status.as_str(),
+                    "copy of a finished request: publishing its final event again"
+                );
+                let event: Event =
+                    serde_json::from_str(final_event).map_err(|e| LedgerError::Corrupt {
+                        request_id: record.request_id.clone(),
+                        message: e.to_string(),
+                    })?;
+                if record.status == Status::Failed {
+                    // Every message that ends in `failed` is kept in onboarding.dead.
+                    let error = event.error.clone();
+                    let reason = DeadReason {
+                        request_id: Some(request.request_id.clone()),
+                        kind: error
+                            .as_ref()
+                            .and_then(|e| ErrorKind::parse(&e.kind))
+                            .unwrap_or(ErrorKind::Rejected),
+                        step: error.as_ref().and_then(|e| e.step.clone()),
+                        message: error.map(|e| e.message).unwrap_or_default(),
+                    };
+                    t.publish_dead(msg.body, &msg.props, &reason).await?;
+                    self.metrics
+                        .dead_lettered_total
+                        .with_label_values(&[reason.kind.as_str()])
+                        .inc();
+                }
+                self.publish_event(t, &event).await?;
+                Ok(())
+            }
+            _ if msg.redelivered && record.cursor == 0 => {
+                // Possibly our own accept that died before its first step was
+                // published; publishing it again is safe (the cursor drops a copy).
+                info!("redelivered request not yet started: publishing its first step again");
+                let first = first_step(&request.request_id, request.provider);
+                t.publish_step(request.provider, first.to_bytes(), Duration::ZERO)
+                    .await?;
+                Ok(())
+            }
+            _ => {
+                info!("copy of a running request dropped");
+                self.metrics
+                    .duplicates_dropped_total
+                    .with_label_values(&[request.provider.as_str()])
+                    .inc();
+                Ok(())
+            }
+        }
+    }
+
+    async fn resume_redrive(
+        &self,
+        t: &dyn Transport,
+        request: &wire::ValidRequest,
+        record: RequestRecord,
+    ) -> Result<(), EngineError> {
+        let index = record.current_index.unwrap_or(0).max(0) as u32;
+        info!(
+            step = record.current_step.as_deref().unwrap_or("?"),
+            "redrive: resuming from the step that failed"
+        );
+        let msg = StepMessage {
+            request_id: request.request_id.clone(),
+            provider: request.provider.as_str().into(),
+            seq: record.cursor,
+            step: index,
+            attempt: 0,
+            polls: 0,
+            poll_deadline_ms: None,
+            poll_state: None,
+            not_before_ms: None,
+        };
+        let accepted = Event::new(
+            EventKind::Accepted,
+            Some(&request.request_id),
+            Some(request.provider),
+            Some(request.operation),
+        );
+        tokio::try_join!(
+            t.publish_step(request.provider, msg.to_bytes(), Duration::ZERO),
+            self.publish_event(t, &accepted)
+        )?;
+        Ok(())
+    }
+
+    async fn reject_invalid(
+        &self,
+        t: &dyn Transport,
+        msg: &Incoming<'_>,
+        invalid: Invalid,
+    ) -> Result<(), EngineError> {
+        warn!(
+            request_id = invalid.request_id.as_deref().unwrap_or("-"),
+            reason = %invalid.message,
+            bytes = msg.body.len(),
+            "invalid request: to onboarding.dead"
+        );
+        let event = Event::new(
+            EventKind::Failed,
+            invalid.request_id.as_deref(),
+            invalid.provider,
+            invalid.operation,
+        )
+        .failed(
+            ErrorKind::InvalidRequest,
+            None,
+            None,
+            invalid.message.clone(),
+        );
+        let reason = DeadReason {
+            request_id: invalid.request_id.clone(),
+            kind: ErrorKind::InvalidRequest,
+            step: None,
+            message: invalid.message,
+        };
+        tokio::try_join!(
+            t.publish_dead(msg.body, &msg.props, &reason),
+            self.publish_event(t, &event)
+        )?;
+        self.metrics
+            .dead_lettered_total
+            .with_label_values(&[ErrorKind::InvalidRequest.as_str()])
+            .inc();
+        self.metrics
+            .requests_total
+            .with_label_values(&[
+                invalid.provider.map(|p| p.as_str()).unwrap_or("unknown"),
+                invalid.operation.map(|o| o.as_str()).unwrap_or("unknown"),
+                ErrorKind::InvalidRequest.as_str(),
+            ])
+            .inc();
+        Ok(())
+    }
+
+    fn provider(&self, id: ProviderId) -> &Arc<dyn Provider> {
+        self.providers.get(&id).expect("every provider is built")
+    }
+
+    async fn publish_event(&self, t: &dyn Transport, event: &Event) -> Result<(), TransportError> {
+        t.publish_event(
+            &event.routing_key(),
+            event.request_id.as_deref(),
+            event.to_bytes(),
+        )
+        .await?;
+        self.metrics
+            .events_published_total
+            .with_label_values(&[&event.event])
+            .inc();
+        Ok(())
+    }
+
+    /// A message from a provider's step queue.
+    pub async fn handle_step(
+        &self,
+        t: &dyn Transport,
+        msg: Incoming<'_>,
+    ) -> Result<(), EngineError> {
+        let step_msg: StepMessage = match serde_json::from_slice(msg.body) {
+            Ok(m) => m,
+            Err(e) => {
+                // Only the worker writes these; one that can't be read is kept for a human.
+                let invalid = Invalid {
+                    request_id: None,
+                    provider: None,
+                    operation: None,
+                    message: format!("unreadable internal step message: {e}"),
+                };
+                return self.reject_invalid(t, &msg, invalid).await;
+            }
+        };
+        let span = tracing::info_span!("step", request_id = %step_msg.request_id, provider = %step_msg.provider, seq = step_msg.seq);
+        self.run_step_message(t, step_msg, msg.props)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_step_message(
+        &self,
+        t: &dyn Transport,
+        m: StepMessage,
+        props: OriginalProps,
+    ) -> Result<(), EngineError> {
+        let Some(provider_id) = ProviderId::parse(&m.provider) else {
+            let invalid = Invalid {
+                request_id: None,
+                provider: None,
+                operation: None,
+                message: format!("step message for unknown provider {:?}", m.provider),
+            };
+            return self
+                .reject_invalid(
+                    t,
+                    &Incoming {
+                        body: &m.to_bytes(),
+                        redelivered: false,
+                        replay: false,
+                        props,
+                    },
+                    invalid,
+                )
+                .await;
+        };
+        let now = now_ms();
+        if let Some(nb) = m.not_before_ms {
+            if nb - now > EARLY_TOLERANCE_MS {
+                // Delivered early by a coarser tier: wait the rest in another.
+                t.publish_step(
+                    provider_id,
+                    m.to_bytes(),
+                    Duration::from_millis((nb - now) as u64),
+                )
+                .await?;
+                return Ok(());
+            }
+        }
+        let provider = self.provider(provider_id).clone();
+        let owner = uuid::Uuid::new_v4().to_string();
+        let lease = provider.call_timeout() + self.settings.lease_margin;
+        let record = match self
+            .ledger
+            .claim(&m.request_id, m.seq, &owner, lease)
+            .await?
+        {
+            Claim::Granted(r) => *r,
+            Claim::Stale => {
+                debug!("stale copy of a step message dropped");
+                self.metrics
+                    .duplicates_dropped_total
+                    .with_label_values(&[provider_id.as_str()])
+                    .inc();
+                return Ok(());
+            }
+            Claim::Busy { until_ms } => {
+                debug!("another copy holds the lease; waiting in a delay queue");
+                self.metrics
+                    .retries_total
+                    .with_label_values(&[provider_id.as_str(), RetryReason::Leased.as_str()])
+                    .inc();
+                let wait = Duration::from_millis((until_ms - now).max(0) as u64 + 50);
+                t.publish_step(provider_id, m.to_bytes(), wait).await?;
+                return Ok(());
+            }
+            Claim::Unknown => {
+                warn!("step message for a request the ledger does not know: dropped");
+                return Ok(());
+            }
+        };
+        let run = StepRun {
+            engine: self,
+            t,
+            provider: provider.as_ref(),
+            provider_id,
+            m,
+            owner,
+            record,
+        };
+        run.go().await
+    }
+}
+
+fn first_step(request_id: &str, provider: ProviderId) -> StepMessage {
+    StepMessage {
+        request_id: request_id.into(),
+        provider: provider.as_str().into(),
+        seq: 0,
+        step: 0,
+        attempt: 0,
+        polls: 0,
+        poll_deadline_ms: None,
+        poll_state: None,
+        not_before_ms: None,
+    }
+}
+
+/// One step message being worked on, with the lease held.
+struct StepRun<'a> {
+    engine: &'a Engine,
+    t: &'a dyn Transport,
+    provider: &'a dyn Provider,
+    provider_id: ProviderId,
+    m: StepMessage,
+    owner: String,
+    record: RequestRecord,
+}
+
+/// What a step came to, classified once.
+enum Next {
+    /// The step is done (now or before): go on to the next one.
+    Advance {
+        outputs: Map<String, Value>,
+        secrets: Map<String, Value>,
+        skipped: bool,
+    },
+    /// Run this step again after a delay.
+    Again {
+        delay: Duration,
+        attempt: u32,
+        polls: u32,
+        poll_deadline_ms: Option<i64>,
+        poll_state: Option<Value>,
+    },
+    /// The request ends in `failed`.
+    Fail {
+        kind: ErrorKind,
+        http_status: Option<u16>,
+        message: String,
+    },
+}
+
+impl StepRun<'_> {
+    fn operation(&self) -> Operation {
+        Operation::parse(&self.record.operation).unwrap_or(Operation::Onboard)
+    }
+
+    fn request_json(&self) -> Result<Value, EngineError> {
+        serde_json::from_slice(&self.record.body).map_err(|e| {
+            LedgerError::Corrupt {
+                request_id: self.record.request_id.clone(),
+                message: e.to_string(),
+            }
+            .into()
+        })
+    }
+
+    async fn go(self) -> Result<(), EngineError> {
+        if self.record.status != Status::Running {
+            return self.republish_final().await;
+        }
+        let request = self.request_json()?;
+        let input = request.get("input").cloned().unwrap_or(Value::Null);
+        let return_credentials = request
+            .get("return_credentials")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let plan = match self.provider.plan(self.operation(), &input) {
+            Ok(p) => p,
+            Err(message) => {
+                return self
+                    .fail(None, ErrorKind::InvalidRequest, None, message)
+                    .await
+            }
+        };
+        let Some(step) = plan.get(self.m.step as usize).cloned() else {
+            // Past the last step (a redrive of a request that failed after its last step).
+            return self.complete(&plan, return_credentials).await;
+        };
+        let next = self.execute(&step, &input).await;
+        match next {
+            Next::Advance {
+                outputs,
+                secrets,
+                skipped,
+            } => {
+                if !skipped {
+                    self.engine
+                        .ledger
+                        .record_step(&self.m.request_id, &step.ledger_key(), &outputs, &secrets)
+                        .await?;
+                }
+                let mut all_outputs = self.record.outputs.clone();
+                all_outputs.extend(outputs);
+                let mut all_secrets = self.record.secrets.clone();
+                all_secrets.extend(secrets);
+                let mut step_event = self.event(EventKind::StepCompleted);
+                step_event.step = Some(step.name.into());
+                step_event.step_index = step.index;
+                step_event.outputs = all_outputs.clone();
+                let is_last = self.m.step as usize + 1 >= plan.len();
+                if is_last {
+                    self.engine.publish_event(self.t, &step_event).await?;
+                    let mut record = self.record.clone();
+                    record.outputs = all_outputs;
+                    record.secrets = all_secrets;
+                    let run = StepRun { record, ..self };
+                    return run.complete(&plan, return_credentials).await;
+                }
+                let next_step = &plan[self.m.step as usize + 1];
+                let next = StepMessage {
+                    seq: self.m.seq + 1,
+                    step: self.m.step + 1,
+                    attempt: 0,
+                    polls: 0,
+                    poll_deadline_ms: None,
+                    poll_state: None,
+                    not_before_ms: None,
+                    ..self.m.clone()
+                };
+                tokio::try_join!(
+                    self.t
+                        .publish_step(self.provider_id, next.to_bytes(), Duration::ZERO),
+                    self.engine.publish_event(self.t, &step_event),
+                )?;
+                let progress = Progress {
+                    current_step: Some(next_step.name.into()),
+                    current_index: Some(next.step as i64),
+                    waiting_until_ms: None,
+                };
+                self.engine
+                    .ledger
+                    .advance(&self.m.request_id, &self.owner, next.seq, &progress)
+                    .await?;
+                info!(step = step.name, index = ?step.index, "step completed");
+                Ok(())
+            }
+            Next::Again {
+                delay,
+                attempt,
+                polls,
+                poll_deadline_ms,
+                poll_state,
+            } => {
+                let due = now_ms() + delay.as_millis() as i64;
+                let again = StepMessage {
+                    seq: self.m.seq + 1,
+                    attempt,
+                    polls,
+                    poll_deadline_ms,
+                    poll_state,
+                    not_before_ms: Some(due),
+                    ..self.m.clone()
+                };
+                self.t
+                    .publish_step(self.provider_id, again.to_bytes(), delay)
+                    .await?;
+                let progress = Progress {
+                    current_step: Some(step.name.into()),
+                    current_index: Some(self.m.step as i64),
+                    waiting_until_ms: Some(due),
+                };
+                self.engine
+                    .ledger
+                    .advance(&self.m.request_id, &self.owner, again.seq, &progress)
+                    .await?;
+                Ok(())
+            }
+            Next::Fail {
+                kind,
+                http_status,
+                message,
+            } => self.fail(Some(&step), kind, http_status, message).await,
+        }
+    }
+
+    /// Runs the provider call (unless the ledger has it) and classifies what came back.
+    async fn execute(&self, step: &StepKey, input: &Value) -> Next {
+        let key = step.ledger_key();
+        let p = self.provider_id.as_str();
+        if self.record.done_steps.contains(&key) {
+            debug!(
+                step = step.name,
+                "step already recorded; not calling the provider again"
+            );
+            self.engine
+                .metrics
+                .steps_total
+                .with_label_values(&[p, step.name, "skipped"])
+                .inc();
+            return Next::Advance {
+                outputs: Map::new(),
+                secrets: Map::new(),
+                skipped: true,
+            };
+        }
+        let ctx = StepContext {
+            request_id: &self.m.request_id,
+            operation: self.operation(),
+            input,
+            outputs: &self.record.outputs,
+            secrets: &self.record.secrets,
+            step,
+            attempt: self.m.attempt,
+            polls: self.m.polls,
+            poll_state: self.m.poll_state.as_ref(),
+        };
+        let gauge = self.engine.metrics.steps_in_flight.with_label_values(&[p]);
+        gauge.inc();
+        let started = Instant::now();
+        let result = self.provider.run(&ctx).await;
+        gauge.dec();
+        self.engine
+            .metrics
+            .step_duration_seconds
+            .with_label_values(&[p, step.name])
+            .observe(started.elapsed().as_secs_f64());
+        let outcome_label;
+        let next = match result {
+            Ok(StepOutcome::Done(done)) => {
+                outcome_label = "done";
+                Next::Advance {
+                    outputs: done.outputs,
+                    secrets: done.secrets,
+                    skipped: false,
+                }
+            }
+            Ok(StepOutcome::Pending { status, state }) => {
+                let policy = self.provider.poll_policy(step.name);
+                let now = now_ms();
+                let Some(policy) = policy else {
+                    outcome_label = "job_failed";
+                    self.count(step, outcome_label);
+                    return Next::Fail {
+                        kind: ErrorKind::JobFailed,
+                        http_status: None,
+                        message: format!("{}: a one-shot step answered \"not yet\"", step.name),
+                    };
+                };
+                let deadline = self
+                    .m
+                    .poll_deadline_ms
+                    .unwrap_or(now + policy.deadline.as_millis() as i64);
+                if now >= deadline {
+                    outcome_label = "timed_out";
+                    self.count(step, outcome_label);
+                    return Next::Fail {
+                        kind: ErrorKind::TimedOut,
+                        http_status: None,
+                        message: format!(
+                            "{}: job still {status:?} after {} polls, past its deadline of {} s",
+                            step.name,
+                            self.m.polls + 1,
+                            policy.deadline.as_secs()
+                        ),
+                    };
+                }
+                outcome_label = "pending";
+                self.engine
+                    .metrics
+                    .polls_total
+                    .with_label_values(&[p, step.name])
+                    .inc();
+                let wait = policy
+                    .wait(self.m.polls)
+                    .min(Duration::from_millis((deadline - now).max(0) as u64));
+                debug!(step = step.name, status = %status, wait_ms = wait.as_millis() as u64, "not yet; polling again later");
+                Next::Again {
+                    delay: wait,
+                    attempt: self.m.attempt,
+                    polls: self.m.polls + 1,
+                    poll_deadline_ms: Some(deadline),
+                    poll_state: state,
+                }
+            }
+            Err(StepError::Transient {
+                reason,
+                retry_after,
+                http_status,
+                message,
+            }) => {
+                let policy = self.provider.retry_policy();
+                let attempt = self.m.attempt + 1;
+                if attempt >= policy.max_attempts {
+                    outcome_label = "exhausted";
+                    Next::Fail {
+                        kind: ErrorKind::Exhausted,
+                        http_status,
+                        message: format!("{message} (gave up after {attempt} attempts)"),
+                    }
+                } else {
+                    outcome_label = "retry";
+                    let delay =
+                        schedule::retry_delay(&policy, attempt, retry_after, &mut rand::rng());
+                    self.engine
+                        .metrics
+                        .retries_total
+                        .with_label_values(&[p, reason.as_str()])
+                        .inc();
+                    warn!(step = step.name, reason = reason.as_str(), attempt, delay_ms = delay.as_millis() as u64, error.message = %message, "transient failure; retrying from a delay queue");
+                    Next::Again {
+                        delay,
+                        attempt,
+                        polls: self.m.polls,
+                        poll_deadline_ms: self.m.poll_deadline_ms,
+                        poll_state: self.m.poll_state.clone(),
+                    }
+                }
+            }
+            Err(StepError::Rejected {
+                http_status,
+                message,
+            }) => {
+                outcome_label = "rejected";
+                Next::Fail {
+                    kind: ErrorKind::Rejected,
+                    http_status,
+                    message,
+                }
+            }
+            Err(StepError::JobFailed { message }) => {
+                outcome_label = "job_failed";
+                Next::Fail {
+                    kind: ErrorKind::JobFailed,
+                    http_status: None,
+                    message,
+                }
+            }
+        };
+        self.count(step, outcome_label);
+        next
+    }
+
+    fn count(&self, step: &StepKey, outcome: &str) {
+        self.engine
+            .metrics
+            .steps_total
+            .with_label_values(&[self.provider_id.as_str(), step.name, outcome])
+            .inc();
+    }
+
+    fn event(&self, kind: EventKind) -> Event {
+        let mut e = Event::new(
+            kind,
+            Some(&self.m.request_id),
+            Some(self.provider_id),
+            Some(self.operation()),
+        );
+        e.duration_ms = (now_ms() - self.record.accepted_at_ms).max(0);
+        e
+    }
+
+    async fn complete(self, plan: &[StepKey], return_credentials: bool) -> Result<(), EngineError> {
+        let mut event = self.event(EventKind::Completed);
+        event.outputs = self.record.outputs.clone();
+        if return_credentials {
+            // Only on request, and only in this one event.
+            event.outputs.extend(self.record.secrets.clone());
+        }
+        let finish = Finish {
+            status: Status::Completed,
+            final_event: String::from_utf8(event.to_bytes()).expect("utf-8"),
+            step: None,
+            index: Some(plan.len() as i64),
+        };
+        self.engine
+            .ledger
+            .finish(&self.m.request_id, &finish)
+            .await?;
+        self.engine.publish_event(self.t, &event).await?;
+        self.engine
+            .ledger
+            .advance(
+                &self.m.request_id,
+                &self.owner,
+                self.m.seq + 1,
+                &Progress::default(),
+            )
+            .await?;
+        self.engine
+            .metrics
+            .requests_total
+            .with_label_values(&[
+                self.provider_id.as_str(),
+                self.operation().as_str(),
+                "completed",
+            ])
+            .inc();
+        info!(duration_ms = event.duration_ms, "completed");
+        Ok(())
+    }
+
+    async fn fail(
+        self,
+        step: Option<&StepKey>,
+        kind: ErrorKind,
+        http_status: Option<u16>,
+        message: String,
+    ) -> Result<(), EngineError> {
+        let step_name = step.map(|s| s.name);
+        let mut event =
+            self.event(EventKind::Failed)
+                .failed(kind, step_name, http_status, message.clone());
+        event.outputs = self.record.outputs.clone();
+        let finish = Finish {
+            status: Status::Failed,
+            final_event: String::from_utf8(event.to_bytes()).expect("utf-8"),
+            step: step_name.map(Into::into),
+            index: Some(self.m.step as i64),
+        };
+        self.engine
+            .ledger
+            .finish(&self.m.request_id, &finish)
+            .await?;
+        warn!(step = step_name.unwrap_or("-"), error.kind = kind.as_str(), http_status, error.message = %message, "failed");
+        self.publish_failure(&event).await?;
+        self.engine
+            .ledger
+            .advance(
+                &self.m.request_id,
+                &self.owner,
+                self.m.seq + 1,
+                &Progress::default(),
+            )
+            .await?;
+        self.engine
+            .metrics
+            .requests_total
+            .with_label_values(&[
+                self.provider_id.as_str(),
+                self.operation().as_str(),
+                kind.as_str(),
+            ])
+            .inc();
+        Ok(())
+    }
+
+    async fn publish_failure(&self, event: &Event) -> Result<(), EngineError> {
+        let error = event.error.clone().expect("a failed event has an error");
+        let kind = ErrorKind::parse(&error.kind).unwrap_or(ErrorKind::Rejected);
+        let reason = DeadReason {
+            request_id: Some(self.m.request_id.clone()),
+            kind,
+            step: error.step.clone(),
+            message: error.message.clone(),
+        };
+        tokio::try_join!(
+            async {
+                self.t
+                    .publish_dead(&self.record.body, &OriginalProps::default(), &reason)
+                    .await
+                    .map_err(EngineError::from)
+            },
+            async {
+                self.engine
+                    .publish_event(self.t, event)
+                    .await
+                    .map_err(EngineError::from)
+            },
+        )?;
+        self.engine
+            .metrics
+            .dead_lettered_total
+            .with_label_values(&[kind.as_str()])
+            .inc();
+        Ok(())
+    }
+
+    /// A step message for a request that already ended: a crash came between
+    /// recording the end and confirming what follows; publish it again.
+    async fn republish_final(self) -> Result<(), EngineError> {
+        if let Some(text) = &self.record.final_event {
+            let event: Event = serde_json::from_str(text).map_err(|e| LedgerError::Corrupt {
+                request_id: self.record.request_id.clone(),
+                message: e.to_string(),
+            })?;
+            if self.record.status == Status::Failed {
+                self.publish_failure(&event).await?;
+            } else {
+                self.engine.publish_event(self.t, &event).await?;
+            }
+        }
+        self.engine
+            .ledger
+            .advance(
+                &self.m.request_id,
+                &self.owner,
+                self.m.seq + 1,
+                &Progress::default(),
+            )
+            .await?;
+        Ok(())
+    }
+}

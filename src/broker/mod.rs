@@ -1,0 +1,435 @@
+//! Everything RabbitMQ: the only module that imports lapin.
+//!
+//! Owns the connection and its recovery (reconnect with back-off, readiness
+//! meanwhile), the topology ([`topology`]), confirmed publishing (the engine's
+//! [`Transport`]) and consuming: one consumer per queue, each delivery handled
+//! in its own task and acknowledged only after the engine says everything that
+//! follows from it is confirmed.
+
+pub mod admin;
+pub mod topology;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::BackoffBuilder;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::domain::ProviderId;
+use crate::engine::{
+    DeadReason, Engine, EngineError, Incoming, OriginalProps, Transport, TransportError,
+    REPLAY_HEADER,
+};
+use crate::metrics::{Health, Metrics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("broker: {0}")]
+    Other(String),
+}
+
+/// How the worker talks to the broker.
+#[derive(Clone, Debug)]
+pub struct BrokerSettings {
+    pub url: String,
+    pub prefetch: u16,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// Connects, naming the connection so operators can find it in the management UI.
+pub async fn connect(url: &str) -> Result<Connection, BrokerError> {
+    let props = ConnectionProperties::default().with_connection_name("onboarding-worker".into());
+    Ok(Connection::connect(url, props).await?)
+}
+
+/// A channel in confirm mode, for publishing.
+pub async fn confirm_channel(conn: &Connection) -> Result<Channel, BrokerError> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(ch)
+}
+
+fn persistent(content_type: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(content_type.into())
+}
+
+fn lstr(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+/// Publishes with `mandatory` and waits for the confirm; a nack or a returned
+/// (unroutable) message is an error even though the broker acked it.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    mandatory: bool,
+    body: &[u8],
+    props: BasicProperties,
+) -> Result<(), TransportError> {
+    let rk =
+        ShortString::try_new(routing_key).map_err(|e| TransportError::Broker(e.to_string()))?;
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            rk,
+            BasicPublishOptions {
+                mandatory,
+                ..Default::default()
+            },
+            body,
+            props,
+        )
+        .await
+        .map_err(|e| TransportError::Broker(e.to_string()))?
+        .await
+        .map_err(|e| TransportError::Broker(e.to_string()))?;
+    match confirm {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(returned)) => Err(TransportError::Unroutable(format!(
+            "{} to {exchange:?}/{routing_key:?}",
+            returned.reply_text
+        ))),
+        Confirmation::Nack(_) => Err(TransportError::Nacked),
+        Confirmation::NotRequested => Err(TransportError::Broker(
+            "publish on a channel without confirms".into(),
+        )),
+    }
+}
+
+/// The engine's [`Transport`] over one confirm-mode channel.
+pub struct AmqpTransport {
+    channel: Channel,
+}
+
+impl AmqpTransport {
+    pub fn new(channel: Channel) -> Self {
+        AmqpTransport { channel }
+    }
+}
+
+#[async_trait]
+impl Transport for AmqpTransport {
+    async fn publish_step(
+        &self,
+        provider: ProviderId,
+        body: Vec<u8>,
+        delay: Duration,
+    ) -> Result<(), TransportError> {
+        let props = persistent("application/json");
+        match topology::tier_for(delay.as_millis() as u64) {
+            None => {
+                let rk = format!("now.{}", provider.as_str());
+                publish_confirmed(
+                    &self.channel,
+                    topology::STEPS_EXCHANGE,
+                    &rk,
+                    true,
+                    &body,
+                    props,
+                )
+                .await
+            }
+            Some(ms) => {
+                let rk = format!("{ms}ms.{}", provider.as_str());
+                publish_confirmed(
+                    &self.channel,
+                    topology::DELAY_EXCHANGE,
+                    &rk,
+                    true,
+                    &body,
+                    props,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn publish_event(
+        &self,
+        routing_key: &str,
+        request_id: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<(), TransportError> {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "request_id".into(),
+            request_id.map(lstr).unwrap_or(AMQPValue::Void),
+        );
+        let props = persistent("application/json").with_headers(headers);
+        // Not mandatory: an events exchange nobody has subscribed to yet is a
+        // valid state (pub/sub), not a reason to stop onboarding.
+        publish_confirmed(
+            &self.channel,
+            topology::EVENTS_EXCHANGE,
+            routing_key,
+            false,
+            &body,
+            props,
+        )
+        .await
+    }
+
+    async fn publish_dead(
+        &self,
+        body: &[u8],
+        props: &OriginalProps,
+        reason: &DeadReason,
+    ) -> Result<(), TransportError> {
+        let original = props
+            .0
+            .as_ref()
+            .and_then(|p| p.downcast_ref::<BasicProperties>())
+            .cloned();
+        let mut props = original
+            .unwrap_or_else(|| persistent("application/json"))
+            .with_delivery_mode(2);
+        let mut headers = props.headers().clone().unwrap_or_default();
+        let mut clean = FieldTable::default();
+        for (k, v) in headers.inner() {
+            // A replayed copy that fails again is not a replay any more.
+            if k.as_str() != REPLAY_HEADER {
+                clean.insert(k.clone(), v.clone());
+            }
+        }
+        headers = clean;
+        headers.insert("x-onboarding-error-kind".into(), lstr(reason.kind.as_str()));
+        headers.insert("x-onboarding-reason".into(), lstr(&reason.message));
+        headers.insert(
+            "x-onboarding-step".into(),
+            reason.step.as_deref().map(lstr).unwrap_or(AMQPValue::Void),
+        );
+        headers.insert(
+            "x-onboarding-failed-at".into(),
+            lstr(&crate::engine::wire::now_rfc3339()),
+        );
+        if let Some(id) = &reason.request_id {
+            headers.insert("request_id".into(), lstr(id));
+        }
+        props = props.with_headers(headers);
+        publish_confirmed(&self.channel, "", topology::DEAD_QUEUE, true, body, props).await
+    }
+}
+
+/// Which queue a consumer reads.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    Requests,
+    Steps(ProviderId),
+}
+
+impl Source {
+    fn queue(self) -> String {
+        match self {
+            Source::Requests => topology::REQUESTS_QUEUE.to_string(),
+            Source::Steps(p) => topology::step_queue(p),
+        }
+    }
+}
+
+/// Runs the worker's consumers until `shutdown`, reconnecting whenever the
+/// connection is lost. Returns after in-flight deliveries settled (or the grace ran out).
+pub async fn run(
+    settings: BrokerSettings,
+    engine: Engine,
+    health: Health,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = new_backoff(&settings);
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        match session(&settings, &engine, &health, &metrics, &shutdown).await {
+            Ok(()) => break, // shut down cleanly
+            Err(e) => {
+                health.set_ready(false);
+                metrics.broker_connected.set(0);
+                let pause = backoff.next().unwrap_or(settings.reconnect_max);
+                warn!(error.message = %e, retry_in_ms = pause.as_millis() as u64, "broker connection lost or refused; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        }
+        // A session that ran for a while resets the back-off.
+        if health.is_ready() {
+            backoff = new_backoff(&settings);
+        }
+    }
+    health.set_ready(false);
+    metrics.broker_connected.set(0);
+}
+
+fn new_backoff(s: &BrokerSettings) -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(s.reconnect_min)
+        .with_max_delay(s.reconnect_max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// One connection's life: declare, consume, hand deliveries to the engine.
+/// `Ok` after a clean shutdown, `Err` when the connection failed.
+async fn session(
+    settings: &BrokerSettings,
+    engine: &Engine,
+    health: &Health,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Result<(), BrokerError> {
+    let conn = connect(&settings.url).await?;
+    let setup = conn.create_channel().await?;
+    topology::declare(&setup).await?;
+    let publish = confirm_channel(&conn).await?;
+    let transport: Arc<dyn Transport> = Arc::new(AmqpTransport::new(publish.clone()));
+
+    let mut sources = vec![(
+        Source::Requests,
+        topology::REQUESTS_QUEUE.to_string(),
+        settings.prefetch,
+    )];
+    for (id, p) in engine.providers() {
+        sources.push((
+            Source::Steps(*id),
+            topology::step_queue(*id),
+            p.concurrency().min(u16::MAX as usize) as u16,
+        ));
+    }
+    let mut streams = Vec::new();
+    let mut consumers = Vec::new();
+    for (source, queue, prefetch) in sources {
+        let ch = conn.create_channel().await?;
+        ch.basic_qos(prefetch.max(1), BasicQosOptions::default())
+            .await?;
+        let tag = format!("onboarding-worker-{}", uuid::Uuid::new_v4());
+        let consumer = ch
+            .basic_consume(
+                queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        consumers.push((ch, tag));
+        streams.push(consumer.map(move |d| (source, d)).boxed());
+    }
+    let mut deliveries = futures::stream::select_all(streams);
+    health.set_ready(true);
+    metrics.broker_connected.set(1);
+    metrics.broker_connections_total.inc();
+    info!("connected to the broker and consuming");
+
+    let tracker = TaskTracker::new();
+    let failure = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break None,
+            next = deliveries.next() => match next {
+                Some((source, Ok(delivery))) => {
+                    let engine = engine.clone();
+                    let transport = transport.clone();
+                    tracker.spawn(async move { handle(source, delivery, &engine, transport.as_ref()).await });
+                }
+                Some((_, Err(e))) => break Some(BrokerError::Amqp(e)),
+                None => break Some(BrokerError::Other("a consumer was cancelled by the broker".into())),
+            }
+        }
+    };
+    health.set_ready(false);
+    metrics.broker_connected.set(0);
+    if let Some(e) = failure {
+        // In-flight handlers fail to ack on the dead channel; the broker
+        // redelivers their messages and the ledger makes that harmless.
+        tracker.close();
+        return Err(e);
+    }
+    info!("shutting down: no new deliveries; settling those in hand");
+    for (ch, tag) in &consumers {
+        let _ = ch
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+    }
+    drop(deliveries);
+    tracker.close();
+    if tokio::time::timeout(settings.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            grace_ms = settings.shutdown_grace.as_millis() as u64,
+            "grace period over; unsettled deliveries go back to the queue"
+        );
+    }
+    let _ = conn.close(200, "shutdown".into()).await;
+    info!("broker connection closed");
+    Ok(())
+}
+
+async fn handle(
+    source: Source,
+    delivery: lapin::message::Delivery,
+    engine: &Engine,
+    transport: &dyn Transport,
+) {
+    let replay = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(REPLAY_HEADER).cloned())
+        .is_some_and(|v| {
+            matches!(v, AMQPValue::Boolean(true))
+                || matches!(&v, AMQPValue::LongString(s) if s.to_string() == "true")
+        });
+    let props = OriginalProps(Some(Arc::new(delivery.properties.clone())));
+    let incoming = Incoming {
+        body: &delivery.data,
+        redelivered: delivery.redelivered,
+        replay,
+        props,
+    };
+    let result: Result<(), EngineError> = match source {
+        Source::Requests => engine.handle_request(transport, incoming).await,
+        Source::Steps(_) => engine.handle_step(transport, incoming).await,
+    };
+    match result {
+        Ok(()) => match delivery.acker.ack(BasicAckOptions::default()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                warn!("ack not delivered (channel reconnected); the message will come again")
+            }
+            Err(e) => warn!(error.message = %e, "ack failed; the message will come again"),
+        },
+        Err(e) => {
+            error!(error.message = %e, queue = %source.queue(), "could not finish handling a message; it goes back to its queue");
+            // A pause so a ledger or broker outage does not become a hot loop.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+        }
+    }
+}

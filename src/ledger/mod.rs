@@ -1,0 +1,209 @@
+//! The ledger: what each request has done, so that a step that succeeded is
+//! never called again, a copy of a request is recognised, and a chain of step
+//! messages that forked after a crash collapses back to one.
+//!
+//! Per request it holds the original body (for `onboarding.dead`), status,
+//! outputs and private values, the **cursor** (the sequence number of the
+//! newest step message known to be published; older ones are stale) and a
+//! **lease** (one step message of a request is worked on at a time, across
+//! workers). Per step it holds the outputs recorded when the step finished.
+//!
+//! One implementation per backend behind [`Ledger`]: SQLite (default, many
+//! processes on one host) and PostgreSQL (many hosts).
+
+pub mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+/// Milliseconds since the Unix epoch; the ledger's clock.
+pub fn now_ms() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("ledger holds unreadable data for {request_id}: {message}")]
+    Corrupt { request_id: String, message: String },
+    #[error("ledger url: {0}")]
+    Url(String),
+}
+
+/// A request's status in the ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Running,
+    Completed,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+        }
+    }
+    fn parse(s: &str) -> Option<Status> {
+        match s {
+            "running" => Some(Status::Running),
+            "completed" => Some(Status::Completed),
+            "failed" => Some(Status::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// A valid request, as first recorded.
+#[derive(Clone, Debug)]
+pub struct NewRequest {
+    pub request_id: String,
+    pub provider: String,
+    pub operation: String,
+    /// The message body exactly as published.
+    pub body: Vec<u8>,
+}
+
+/// Everything the ledger holds about one request.
+#[derive(Clone, Debug)]
+pub struct RequestRecord {
+    pub request_id: String,
+    pub provider: String,
+    pub operation: String,
+    pub body: Vec<u8>,
+    pub status: Status,
+    pub cursor: i64,
+    pub outputs: Map<String, Value>,
+    pub secrets: Map<String, Value>,
+    /// Ledger keys of the steps recorded as done (`create_user#1`).
+    pub done_steps: Vec<String>,
+    /// Contract name of the step the request is at (waiting for, or failed at).
+    pub current_step: Option<String>,
+    /// Plan index of that step.
+    pub current_index: Option<i64>,
+    /// When the step message waiting in a delay queue is due.
+    pub waiting_until_ms: Option<i64>,
+    /// The final event (`completed` or `failed`) as published, to publish again for a copy.
+    pub final_event: Option<String>,
+    pub accepted_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// What `accept` found.
+#[derive(Debug)]
+pub enum Accept {
+    /// First time: recorded as running with cursor 0.
+    New { accepted_at_ms: i64 },
+    /// Known already.
+    Existing(Box<RequestRecord>),
+}
+
+/// What `claim` found for a step message with sequence number `seq`.
+#[derive(Debug)]
+pub enum Claim {
+    /// The lease is ours until released or expired.
+    Granted(Box<RequestRecord>),
+    /// A newer step message was already published: this copy is superseded.
+    Stale,
+    /// Another copy holds the lease until then (ms since epoch).
+    Busy { until_ms: i64 },
+    /// No such request (a ledger that was wiped).
+    Unknown,
+}
+
+/// Where a request stands after a step message was handled.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    pub current_step: Option<String>,
+    pub current_index: Option<i64>,
+    pub waiting_until_ms: Option<i64>,
+}
+
+/// A request's end, recorded before its final event is published.
+#[derive(Clone, Debug)]
+pub struct Finish {
+    pub status: Status,
+    pub final_event: String,
+    pub step: Option<String>,
+    pub index: Option<i64>,
+}
+
+#[async_trait]
+pub trait Ledger: Send + Sync + 'static {
+    /// Records `request` as running, unless its id is known.
+    async fn accept(&self, request: &NewRequest) -> Result<Accept, LedgerError>;
+
+    /// Takes the request's lease for `lease` to work on the step message `seq`.
+    async fn claim(
+        &self,
+        request_id: &str,
+        seq: i64,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Claim, LedgerError>;
+
+    /// Records a finished step and merges its outputs and private values into
+    /// the request's. Idempotent: recording the same step again changes nothing.
+    async fn record_step(
+        &self,
+        request_id: &str,
+        step_key: &str,
+        outputs: &Map<String, Value>,
+        secrets: &Map<String, Value>,
+    ) -> Result<(), LedgerError>;
+
+    /// Records the request's end (before its final event is published).
+    async fn finish(&self, request_id: &str, finish: &Finish) -> Result<(), LedgerError>;
+
+    /// After the successor of message `seq` is confirmed: cursor = max(cursor,
+    /// `next_seq`), the lease released if `owner` holds it, progress noted.
+    async fn advance(
+        &self,
+        request_id: &str,
+        owner: &str,
+        next_seq: i64,
+        progress: &Progress,
+    ) -> Result<(), LedgerError>;
+
+    /// An operator's redrive of a failed request: back to running, failure
+    /// cleared, outputs kept. Returns the record as it now stands, or `None`
+    /// when the request is not failed (unknown, running or completed).
+    async fn redrive(&self, request_id: &str) -> Result<Option<RequestRecord>, LedgerError>;
+
+    async fn get(&self, request_id: &str) -> Result<Option<RequestRecord>, LedgerError>;
+
+    /// (running, waiting in a delay queue) request counts, for gauges.
+    async fn counts(&self) -> Result<(i64, i64), LedgerError>;
+}
+
+/// Opens the ledger named by `url` (`sqlite:...` or `postgres://...`), creating its schema.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Ledger>, LedgerError> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(sqlite::SqliteLedger::open(url).await?))
+    } else {
+        Err(LedgerError::Url(
+            "PostgreSQL ledger is not built yet; use sqlite://PATH".into(),
+        ))
+    }
+}
+
+fn parse_map(request_id: &str, text: &str) -> Result<Map<String, Value>, LedgerError> {
+    serde_json::from_str(text).map_err(|e| LedgerError::Corrupt {
+        request_id: request_id.into(),
+        message: e.to_string(),
+    })
+}
+
+/// Merges `add` into the JSON object text `base`.
+fn merged(request_id: &str, base: &str, add: &Map<String, Value>) -> Result<String, LedgerError> {
+    let mut map = parse_map(request_id, base)?;
+    for (k, v) in add {
+        map.insert(k.clone(), v.clone());
+    }
+    Ok(Value::Object(map).to_string())
+}
