@@ -73,7 +73,7 @@ impl EventStream {
 
 impl Admin {
     pub async fn connect(url: &str) -> Result<Admin, BrokerError> {
-        let conn = connect(url).await?;
+        let conn = connect(url, "onboarding-admin").await?;
         let setup = conn.create_channel().await?;
         topology::declare(&setup).await?;
         let channel = confirm_channel(&conn).await?;
@@ -210,6 +210,24 @@ impl Admin {
         // Messages not replayed were never acked: closing the channel returns them.
         let _ = ch.close(200, "replayed".into()).await;
         Ok(replayed)
+    }
+
+    /// Messages ready in `queue` now (a passive declare: exact, unlike the
+    /// management API's sampled statistics).
+    pub async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
+        let ch = self.conn.create_channel().await?;
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = ch.close(200, "done".into()).await;
+        Ok(q.message_count())
     }
 
     pub async fn close(self) {

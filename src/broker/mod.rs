@@ -52,8 +52,8 @@ pub struct BrokerSettings {
 }
 
 /// Connects, naming the connection so operators can find it in the management UI.
-pub async fn connect(url: &str) -> Result<Connection, BrokerError> {
-    let props = ConnectionProperties::default().with_connection_name("onboarding-worker".into());
+pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
     Ok(Connection::connect(url, props).await?)
 }
 
@@ -298,7 +298,7 @@ async fn session(
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<(), BrokerError> {
-    let conn = connect(&settings.url).await?;
+    let conn = connect(&settings.url, "onboarding-worker").await?;
     let setup = conn.create_channel().await?;
     topology::declare(&setup).await?;
     let publish = confirm_channel(&conn).await?;
