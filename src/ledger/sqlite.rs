@@ -49,7 +49,11 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS requests_status ON requests (status)",
 ];
 
-const SELECT_REQUEST: &str = "SELECT request_id, provider, operation, body, status, cursor, lease_owner, lease_until,
+/// Changes after the first schema, applied once each in order; the file's
+/// `PRAGMA user_version` counts those applied.
+const MIGRATIONS: &[&str] = &["ALTER TABLE requests ADD COLUMN lease_seq INTEGER"];
+
+const SELECT_REQUEST: &str = "SELECT request_id, provider, operation, body, status, cursor, lease_owner, lease_until, lease_seq,
     outputs, secrets, current_step, current_index, waiting_until, final_event, accepted_at, updated_at
     FROM requests WHERE request_id = ?";
 
@@ -80,6 +84,12 @@ impl SqliteLedger {
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         for stmt in SCHEMA {
             sqlx::query(*stmt).execute(&mut *tx).await?;
+        }
+        let version: i64 = sqlx::query("PRAGMA user_version").fetch_one(&mut *tx).await?.try_get(0)?;
+        for (i, stmt) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+            sqlx::query(*stmt).execute(&mut *tx).await?;
+            // PRAGMA takes no bind parameters; the value is our own integer.
+            sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {}", i + 1))).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(SqliteLedger { pool })
@@ -183,14 +193,18 @@ impl Ledger for SqliteLedger {
         }
         let holder: Option<String> = row.try_get("lease_owner")?;
         let until: Option<i64> = row.try_get("lease_until")?;
+        let held_seq: Option<i64> = row.try_get("lease_seq")?;
         if let (Some(holder), Some(until)) = (holder, until) {
-            if holder != owner && until > now {
+            // A newer message is the holder's own successor (published only
+            // after the holder's provider work was recorded): it takes over.
+            if holder != owner && until > now && seq <= held_seq.unwrap_or(i64::MAX) {
                 return Ok(Claim::Busy { until_ms: until });
             }
         }
-        sqlx::query("UPDATE requests SET lease_owner = ?, lease_until = ? WHERE request_id = ?")
+        sqlx::query("UPDATE requests SET lease_owner = ?, lease_until = ?, lease_seq = ? WHERE request_id = ?")
             .bind(owner)
             .bind(now + lease.as_millis() as i64)
+            .bind(seq)
             .bind(request_id)
             .execute(&mut *tx)
             .await?;
@@ -269,8 +283,8 @@ impl Ledger for SqliteLedger {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "UPDATE requests SET cursor = MAX(cursor, ?),
-               lease_owner = CASE WHEN lease_owner = ? THEN NULL ELSE lease_owner END,
                lease_until = CASE WHEN lease_owner = ? THEN NULL ELSE lease_until END,
+               lease_owner = CASE WHEN lease_owner = ? THEN NULL ELSE lease_owner END,
                current_step = CASE WHEN status = 'running' THEN COALESCE(?, current_step) ELSE current_step END,
                current_index = CASE WHEN status = 'running' THEN COALESCE(?, current_index) ELSE current_index END,
                waiting_until = CASE WHEN status = 'running' THEN ? ELSE NULL END,
@@ -418,6 +432,20 @@ mod tests {
                 .unwrap(),
             Claim::Granted(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn the_successor_of_the_lease_holder_takes_the_lease_over_at_once() {
+        let (_d, l) = ledger().await;
+        l.accept(&req("r1")).await.unwrap();
+        assert!(matches!(l.claim("r1", 0, "a", Duration::from_secs(60)).await.unwrap(), Claim::Granted(_)));
+        // "a" published seq 1 and has not yet released its lease.
+        assert!(matches!(l.claim("r1", 1, "b", Duration::from_secs(60)).await.unwrap(), Claim::Granted(_)));
+        // A second copy of seq 1 waits for "b".
+        assert!(matches!(l.claim("r1", 1, "c", Duration::from_secs(60)).await.unwrap(), Claim::Busy { .. }));
+        // "a" releasing late does not release "b"'s lease.
+        l.advance("r1", "a", 1, &Progress::default()).await.unwrap();
+        assert!(matches!(l.claim("r1", 1, "c", Duration::from_secs(60)).await.unwrap(), Claim::Busy { .. }));
     }
 
     #[tokio::test]
