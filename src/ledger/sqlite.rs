@@ -85,11 +85,19 @@ impl SqliteLedger {
         for stmt in SCHEMA {
             sqlx::query(*stmt).execute(&mut *tx).await?;
         }
-        let version: i64 = sqlx::query("PRAGMA user_version").fetch_one(&mut *tx).await?.try_get(0)?;
+        let version: i64 = sqlx::query("PRAGMA user_version")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
         for (i, stmt) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
             sqlx::query(*stmt).execute(&mut *tx).await?;
             // PRAGMA takes no bind parameters; the value is our own integer.
-            sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {}", i + 1))).execute(&mut *tx).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "PRAGMA user_version = {}",
+                i + 1
+            )))
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(SqliteLedger { pool })
@@ -438,14 +446,34 @@ mod tests {
     async fn the_successor_of_the_lease_holder_takes_the_lease_over_at_once() {
         let (_d, l) = ledger().await;
         l.accept(&req("r1")).await.unwrap();
-        assert!(matches!(l.claim("r1", 0, "a", Duration::from_secs(60)).await.unwrap(), Claim::Granted(_)));
+        assert!(matches!(
+            l.claim("r1", 0, "a", Duration::from_secs(60))
+                .await
+                .unwrap(),
+            Claim::Granted(_)
+        ));
         // "a" published seq 1 and has not yet released its lease.
-        assert!(matches!(l.claim("r1", 1, "b", Duration::from_secs(60)).await.unwrap(), Claim::Granted(_)));
+        assert!(matches!(
+            l.claim("r1", 1, "b", Duration::from_secs(60))
+                .await
+                .unwrap(),
+            Claim::Granted(_)
+        ));
         // A second copy of seq 1 waits for "b".
-        assert!(matches!(l.claim("r1", 1, "c", Duration::from_secs(60)).await.unwrap(), Claim::Busy { .. }));
+        assert!(matches!(
+            l.claim("r1", 1, "c", Duration::from_secs(60))
+                .await
+                .unwrap(),
+            Claim::Busy { .. }
+        ));
         // "a" releasing late does not release "b"'s lease.
         l.advance("r1", "a", 1, &Progress::default()).await.unwrap();
-        assert!(matches!(l.claim("r1", 1, "c", Duration::from_secs(60)).await.unwrap(), Claim::Busy { .. }));
+        assert!(matches!(
+            l.claim("r1", 1, "c", Duration::from_secs(60))
+                .await
+                .unwrap(),
+            Claim::Busy { .. }
+        ));
     }
 
     #[tokio::test]
