@@ -7,9 +7,12 @@
 //! - `sharespine`: the step engine end to end on Sharespine.
 //! - `resilience`: transient faults, delays in queues, duplicates, crashes, reconnects.
 //! - `secrets`: nothing configured as secret shows anywhere.
+//! - `computestacks`, `magento_bi`: those providers end to end.
 
+mod computestacks;
 mod front_door;
 mod helpers;
+mod magento_bi;
 mod resilience;
 mod secrets;
 mod sharespine;
