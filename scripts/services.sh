@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Installs (from Debian's packages) and starts what the worker and its tests
+# need, idempotently: RabbitMQ with its management plugin, and PostgreSQL with
+# a role and test database of our own. Sourced by scripts/test and scripts/demo.
+#   ONBOARDING_SERVICES="rabbitmq"            only RabbitMQ (the demo)
+#   ONBOARDING_SERVICES="rabbitmq postgres"   both (default)
+set -euo pipefail
+
+services=${ONBOARDING_SERVICES:-rabbitmq postgres}
+say() { printf '== %s\n' "$*" >&2; }
+
+wait_port() { # host port seconds
+    for _ in $(seq 1 "$3"); do
+        if (echo >"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
+        sleep 1
+    done
+    echo "port $1:$2 did not open within $3 s" >&2
+    return 1
+}
+
+sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need_apt=()
+case " $services " in *" rabbitmq "*) command -v rabbitmq-server >/dev/null 2>&1 || need_apt+=(rabbitmq-server) ;; esac
+case " $services " in *" postgres "*) command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql) ;; esac
+if [ ${#need_apt[@]} -gt 0 ]; then
+    say "installing ${need_apt[*]} from Debian's packages"
+    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+case " $services " in *" rabbitmq "*)
+    # Management statistics every 500 ms: tests read queue depths and connections there.
+    conf=/etc/rabbitmq/rabbitmq.conf
+    restart=0
+    if ! grep -qs '^collect_statistics_interval = 500' "$conf"; then
+        sudo_if_needed mkdir -p /etc/rabbitmq
+        echo 'collect_statistics_interval = 500' | sudo_if_needed tee -a "$conf" >/dev/null
+        restart=1
+    fi
+    sudo_if_needed rabbitmq-plugins --offline enable rabbitmq_management >/dev/null
+    if sudo_if_needed rabbitmqctl -q status >/dev/null 2>&1; then
+        if [ "$restart" = 1 ]; then
+            say "restarting RabbitMQ for its new configuration"
+            sudo_if_needed rabbitmqctl -q stop >/dev/null 2>&1 || true
+            sleep 2
+            sudo_if_needed rabbitmq-server -detached
+        fi
+    else
+        say "starting RabbitMQ"
+        sudo_if_needed rabbitmq-server -detached
+    fi
+    wait_port 127.0.0.1 5672 120
+    wait_port 127.0.0.1 15672 120
+    sudo_if_needed rabbitmqctl -q await_startup >/dev/null
+    say "RabbitMQ is up on 5672 (management on 15672)"
+;; esac
+
+case " $services " in *" postgres "*)
+    pg_ver=$(ls /etc/postgresql | sort -n | tail -1)
+    sudo_if_needed pg_ctlcluster --skip-systemctl-redirect "$pg_ver" main start 2>/dev/null || true
+    wait_port 127.0.0.1 5432 60
+    sudo_if_needed su postgres -c "psql -q -v ON_ERROR_STOP=1" <<'SQL'
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'onboarding') THEN
+    CREATE ROLE onboarding LOGIN PASSWORD 'onboarding' CREATEDB;
+  END IF;
+END $$;
+SQL
+    sudo_if_needed su postgres -c "psql -tAc \"SELECT 1 FROM pg_database WHERE datname = 'onboarding_test'\"" | grep -q 1 ||
+        sudo_if_needed su postgres -c "createdb -O onboarding onboarding_test"
+    say "PostgreSQL $pg_ver is up on 5432 (role onboarding, database onboarding_test)"
+;; esac
