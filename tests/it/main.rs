@@ -8,7 +8,9 @@
 //! - `resilience`: transient faults, delays in queues, duplicates, crashes, reconnects.
 //! - `secrets`: nothing configured as secret shows anywhere.
 //! - `computestacks`, `magento_bi`: those providers end to end.
+//! - `cli`: the binary as operators use it (config errors, SIGTERM, status, dead).
 
+mod cli;
 mod computestacks;
 mod front_door;
 mod helpers;
