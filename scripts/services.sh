@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs (from Debian's packages) and starts what the worker and its tests
 # need, idempotently: RabbitMQ with its management plugin, and PostgreSQL with
-# a role and test database of our own. Sourced by scripts/test and scripts/demo.
-#   ONBOARDING_SERVICES="rabbitmq"            only RabbitMQ (the demo)
-#   ONBOARDING_SERVICES="rabbitmq postgres"   both (default)
+# a role and test database of our own; and, installed but never started, the
+# tools the observability tests run themselves: Prometheus (`prometheus`,
+# `promtool`) and docker-compose. Sourced by scripts/test and scripts/demo.
+#   ONBOARDING_SERVICES="rabbitmq"                  only RabbitMQ (the demo)
+#   ONBOARDING_SERVICES="rabbitmq postgres tools"   all of them (default)
 set -euo pipefail
 
-services=${ONBOARDING_SERVICES:-rabbitmq postgres}
+services=${ONBOARDING_SERVICES:-rabbitmq postgres tools}
 say() { printf '== %s\n' "$*" >&2; }
 
 wait_port() { # host port seconds
@@ -23,10 +25,34 @@ sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 need_apt=()
 case " $services " in *" rabbitmq "*) command -v rabbitmq-server >/dev/null 2>&1 || need_apt+=(rabbitmq-server) ;; esac
 case " $services " in *" postgres "*) command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql) ;; esac
+need_tools=()
+case " $services " in *" tools "*)
+    { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need_tools+=(prometheus)
+    command -v docker-compose >/dev/null 2>&1 || need_tools+=(docker-compose)
+;; esac
+if [ ${#need_apt[@]} -gt 0 ] || [ ${#need_tools[@]} -gt 0 ]; then
+    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     say "installing ${need_apt[*]} from Debian's packages"
-    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if [ ${#need_tools[@]} -gt 0 ]; then
+    # Install only: Debian's prometheus package starts its service on install
+    # unless a policy-rc.d refuses (exit 101); lay one down for the install if
+    # there is none. The tests start their own Prometheus.
+    say "installing ${need_tools[*]} from Debian's packages (not started)"
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | sudo_if_needed tee "$policy" >/dev/null
+        sudo_if_needed chmod +x "$policy"
+        own_policy=1
+    fi
+    rc=0
+    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_tools[@]}" >/dev/null || rc=$?
+    if [ "$own_policy" = 1 ]; then sudo_if_needed rm -f "$policy"; fi
+    [ "$rc" = 0 ] || exit "$rc"
 fi
 
 case " $services " in *" rabbitmq "*)

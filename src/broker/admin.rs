@@ -69,6 +69,11 @@ impl EventStream {
         let _ = delivery.acker.ack(BasicAckOptions::default()).await;
         Some((delivery.routing_key.to_string(), delivery.data))
     }
+
+    /// Discards events until none arrives for `quiet`.
+    pub async fn drain_pending(&mut self, quiet: std::time::Duration) {
+        while let Ok(Some(_)) = tokio::time::timeout(quiet, self.next()).await {}
+    }
 }
 
 impl Admin {

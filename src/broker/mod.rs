@@ -7,6 +7,7 @@
 //! follows from it is confirmed.
 
 pub mod admin;
+pub mod ceiling;
 pub mod topology;
 
 use std::sync::Arc;

@@ -11,7 +11,10 @@
 //! One implementation per backend behind [`Ledger`]: SQLite (default, many
 //! processes on one host) and PostgreSQL (many hosts).
 
+pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 
@@ -185,10 +188,16 @@ pub trait Ledger: Send + Sync + 'static {
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Ledger>, LedgerError> {
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(sqlite::SqliteLedger::open(url).await?))
-    } else {
-        Err(LedgerError::Url(
-            "PostgreSQL ledger is not built yet; use sqlite://PATH".into(),
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(
+            postgres::PostgresLedger::open(url).await?,
         ))
+    } else {
+        // Only the scheme: the rest may hold a password.
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        Err(LedgerError::Url(format!(
+            "unsupported scheme {scheme:?}; use sqlite://PATH or postgres://USER:PASSWORD@HOST/DATABASE"
+        )))
     }
 }
 

@@ -178,6 +178,17 @@ impl Api {
         s.credentials.iter().map(|c| c.record.clone()).collect()
     }
 
+    /// The password the API handed out with credential `id`, for tests that
+    /// check where it travels (kept out of [`CredentialRecord`] so no `Debug`
+    /// of the records prints it).
+    pub fn api_credential_password(&self, id: i64) -> Option<String> {
+        let s = self.state.lock().unwrap();
+        s.credentials
+            .iter()
+            .find(|c| c.record.id == id)
+            .map(|c| c.password.clone())
+    }
+
     /// Every order, with its status brought up to date.
     pub fn orders(&self) -> Vec<OrderRecord> {
         let mut s = self.state.lock().unwrap();

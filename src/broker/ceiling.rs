@@ -1,0 +1,139 @@
+//! The broker's own ceiling for the worker's message pattern, measured with
+//! nothing else in the way (no HTTP, no ledger): consume a persistent message
+//! from a quorum queue, publish its successor with a publisher confirm, ack.
+//! Used by the benchmark to put the worker's figures in proportion.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::BasicProperties;
+
+use super::{confirm_channel, connect, publish_confirmed, BrokerError};
+
+/// What one ceiling run measured.
+#[derive(Debug, Clone)]
+pub struct Ceiling {
+    pub steps: u64,
+    pub elapsed: Duration,
+    /// Consume-to-consume time of one hop, per hop (ms), when one chain runs alone.
+    pub hop_latencies_ms: Vec<f64>,
+}
+
+impl Ceiling {
+    pub fn steps_per_s(&self) -> f64 {
+        self.steps as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Runs `chains` independent chains of messages of `message_bytes` through one
+/// quorum queue for `duration`, with `prefetch` and `publishers` confirm channels
+/// (as many as the worker uses).
+pub async fn measure(
+    url: &str,
+    chains: usize,
+    prefetch: u16,
+    message_bytes: usize,
+    duration: Duration,
+) -> Result<Ceiling, BrokerError> {
+    let conn = connect(url, "onboarding-bench-ceiling").await?;
+    let setup = conn.create_channel().await?;
+    let queue = format!("onboarding.bench.ceiling.{}", uuid::Uuid::new_v4().simple());
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    setup
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+    let publish = confirm_channel(&conn).await?;
+    let consume = conn.create_channel().await?;
+    consume
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = consume
+        .basic_consume(
+            queue.as_str().into(),
+            "ceiling".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let props = || {
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+    };
+    let body = vec![b'x'; message_bytes];
+    for _ in 0..chains {
+        publish_confirmed(&publish, "", &queue, true, &body, props())
+            .await
+            .map_err(|e| BrokerError::Other(e.to_string()))?;
+    }
+    let steps = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut hops = Vec::new();
+    let mut last = Instant::now();
+    let tracker = tokio_util::task::TaskTracker::new();
+    while started.elapsed() < duration {
+        let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(Duration::from_secs(5), consumer.next()).await
+        else {
+            break;
+        };
+        if chains == 1 {
+            hops.push(last.elapsed().as_secs_f64() * 1000.0);
+            last = Instant::now();
+        }
+        let (publish, queue, body, steps, stop) = (
+            publish.clone(),
+            queue.clone(),
+            body.clone(),
+            steps.clone(),
+            stop.clone(),
+        );
+        // Like the worker: each delivery handled in its own task.
+        tracker.spawn(async move {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if publish_confirmed(&publish, "", &queue, true, &body, props())
+                .await
+                .is_ok()
+            {
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                steps.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    tracker.close();
+    tracker.wait().await;
+    let _ = setup
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = conn.close(200, "done".into()).await;
+    if !hops.is_empty() {
+        hops.remove(0); // the first includes start-up
+    }
+    Ok(Ceiling {
+        steps: steps.load(Ordering::Relaxed),
+        elapsed,
+        hop_latencies_ms: hops,
+    })
+}

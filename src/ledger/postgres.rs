@@ -1,0 +1,412 @@
+//! PostgreSQL ledger: one database shared by workers on many hosts.
+//!
+//! Every change to a request runs under that request's row lock: `claim` and
+//! `record_step` take it with `SELECT ... FOR UPDATE` inside a transaction,
+//! `advance`, `finish` and `redrive` are single `UPDATE`s (which take the same
+//! lock and, under READ COMMITTED, re-evaluate their expressions against the
+//! newest version of the row). So two workers claiming one step message are
+//! serialised per request, and only one of them is granted the lease.
+//!
+//! The tables live in the first schema of the connection's `search_path`
+//! (`public` unless the URL says otherwise, e.g.
+//! `postgres://u:p@host/db?options[search_path]=ledger`). The schema is
+//! created or migrated at start, under a transaction-scoped advisory lock, so
+//! workers starting at once set it up exactly once; `schema_version` counts
+//! the migrations applied.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{Executor, PgConnection, PgPool, Row};
+
+use super::{
+    merged, now_ms, parse_map, Accept, Claim, Finish, Ledger, LedgerError, NewRequest, Progress,
+    RequestRecord, Status,
+};
+
+/// First key of the advisory lock taken around the schema setup (the second
+/// is a hash of the schema's name, so ledgers in different schemas of one
+/// database do not wait for each other). "ONBL".
+const SCHEMA_LOCK_CLASS: i32 = 0x4f4e_424c;
+
+/// The schema's history: each entry is applied once, in order, in the setup
+/// transaction; `schema_version.version` counts the entries applied. Append,
+/// never edit.
+const MIGRATIONS: &[&[&str]] = &[
+    // 1: the first schema.
+    &[
+        "CREATE TABLE requests (
+            request_id TEXT PRIMARY KEY,
+            provider TEXT NOT NULL,
+            operation TEXT NOT NULL,
+            body BYTEA NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+            cursor BIGINT NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            lease_until BIGINT,
+            lease_seq BIGINT,
+            outputs TEXT NOT NULL DEFAULT '{}',
+            secrets TEXT NOT NULL DEFAULT '{}',
+            current_step TEXT,
+            current_index BIGINT,
+            waiting_until BIGINT,
+            final_event TEXT,
+            accepted_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL
+        )",
+        "CREATE TABLE steps (
+            request_id TEXT NOT NULL REFERENCES requests (request_id) ON DELETE CASCADE,
+            step_key TEXT NOT NULL,
+            outputs TEXT NOT NULL,
+            completed_at BIGINT NOT NULL,
+            PRIMARY KEY (request_id, step_key)
+        )",
+        // `counts` reads running requests only; finished ones are the bulk.
+        "CREATE INDEX requests_running ON requests (waiting_until) WHERE status = 'running'",
+    ],
+];
+
+/// The whole record in one statement (one snapshot), steps included.
+const SELECT_REQUEST: &str = "SELECT request_id, provider, operation, body, status, cursor,
+    outputs, secrets, current_step, current_index, waiting_until, final_event, accepted_at, updated_at,
+    ARRAY(SELECT s.step_key FROM steps s WHERE s.request_id = r.request_id
+          ORDER BY s.completed_at, s.step_key) AS done_steps
+    FROM requests r WHERE request_id = $1";
+
+pub struct PostgresLedger {
+    pool: PgPool,
+}
+
+impl PostgresLedger {
+    /// Connects to the database named by `url` (`postgres://` or
+    /// `postgresql://`) and creates or migrates the schema.
+    pub async fn open(url: &str) -> Result<Self, LedgerError> {
+        let options =
+            PgConnectOptions::from_str(url).map_err(|e| LedgerError::Url(e.to_string()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            // Bounds connecting too (sqlx retries a refused connection until then).
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // Our transactions never wait on anything but the database:
+                    // one left idle means its client is gone; don't let it hold
+                    // a request's row lock until TCP notices.
+                    conn.execute("SET idle_in_transaction_session_timeout = '60s'")
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        let mut tx = pool.begin().await?;
+        migrate(&mut tx).await?;
+        tx.commit().await?;
+        Ok(PostgresLedger { pool })
+    }
+}
+
+async fn migrate(conn: &mut PgConnection) -> Result<(), LedgerError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(COALESCE(current_schema(), '')))")
+        .bind(SCHEMA_LOCK_CLASS)
+        .execute(&mut *conn)
+        .await?;
+    // Checked first rather than `CREATE TABLE IF NOT EXISTS`, which leaves a
+    // notice in the log at every start.
+    let exists: bool = sqlx::query("SELECT to_regclass('schema_version') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+    if !exists {
+        sqlx::query(
+            "CREATE TABLE schema_version (
+                only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+                version INTEGER NOT NULL
+            )",
+        )
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("INSERT INTO schema_version (version) VALUES (0)")
+            .execute(&mut *conn)
+            .await?;
+    }
+    let version: i32 = sqlx::query("SELECT version FROM schema_version")
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+    if version as usize > MIGRATIONS.len() {
+        tracing::warn!(
+            version,
+            known = MIGRATIONS.len(),
+            "the ledger's schema is newer than this worker's"
+        );
+    }
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        for stmt in *migration {
+            sqlx::query(*stmt).execute(&mut *conn).await?;
+        }
+        sqlx::query("UPDATE schema_version SET version = $1")
+            .bind(i as i32 + 1)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn fetch_record(
+    conn: &mut PgConnection,
+    request_id: &str,
+) -> Result<Option<RequestRecord>, LedgerError> {
+    match sqlx::query(SELECT_REQUEST)
+        .bind(request_id)
+        .fetch_optional(conn)
+        .await?
+    {
+        Some(row) => Ok(Some(record_from(&row)?)),
+        None => Ok(None),
+    }
+}
+
+fn record_from(row: &PgRow) -> Result<RequestRecord, LedgerError> {
+    let request_id: String = row.try_get("request_id")?;
+    let status: String = row.try_get("status")?;
+    let status = Status::parse(&status).ok_or_else(|| LedgerError::Corrupt {
+        request_id: request_id.clone(),
+        message: format!("status {status:?}"),
+    })?;
+    let outputs: String = row.try_get("outputs")?;
+    let secrets: String = row.try_get("secrets")?;
+    Ok(RequestRecord {
+        provider: row.try_get("provider")?,
+        operation: row.try_get("operation")?,
+        body: row.try_get("body")?,
+        status,
+        cursor: row.try_get("cursor")?,
+        outputs: parse_map(&request_id, &outputs)?,
+        secrets: parse_map(&request_id, &secrets)?,
+        done_steps: row.try_get("done_steps")?,
+        current_step: row.try_get("current_step")?,
+        current_index: row.try_get("current_index")?,
+        waiting_until_ms: row.try_get("waiting_until")?,
+        final_event: row.try_get("final_event")?,
+        accepted_at_ms: row.try_get("accepted_at")?,
+        updated_at_ms: row.try_get("updated_at")?,
+        request_id,
+    })
+}
+
+#[async_trait]
+impl Ledger for PostgresLedger {
+    async fn accept(&self, request: &NewRequest) -> Result<Accept, LedgerError> {
+        let now = now_ms();
+        let mut conn = self.pool.acquire().await?;
+        // A concurrent insert of the same id makes this wait for its
+        // transaction; then it inserts (that one rolled back) or does nothing.
+        let inserted = sqlx::query(
+            "INSERT INTO requests (request_id, provider, operation, body, status, cursor, accepted_at, updated_at)
+             VALUES ($1, $2, $3, $4, 'running', 0, $5, $5) ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(&request.request_id)
+        .bind(&request.provider)
+        .bind(&request.operation)
+        .bind(&request.body)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(Accept::New {
+                accepted_at_ms: now,
+            });
+        }
+        // A new statement, a new snapshot: the conflicting row is committed.
+        match fetch_record(&mut conn, &request.request_id).await? {
+            Some(record) => Ok(Accept::Existing(Box::new(record))),
+            None => Err(sqlx::Error::RowNotFound.into()),
+        }
+    }
+
+    async fn claim(
+        &self,
+        request_id: &str,
+        seq: i64,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Claim, LedgerError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query(
+            "SELECT cursor, lease_owner, lease_until, lease_seq FROM requests
+             WHERE request_id = $1 FOR UPDATE",
+        )
+        .bind(request_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            tx.commit().await?;
+            return Ok(Claim::Unknown);
+        };
+        let cursor: i64 = row.try_get("cursor")?;
+        if seq < cursor {
+            tx.commit().await?;
+            return Ok(Claim::Stale);
+        }
+        let holder: Option<String> = row.try_get("lease_owner")?;
+        let until: Option<i64> = row.try_get("lease_until")?;
+        let held_seq: Option<i64> = row.try_get("lease_seq")?;
+        if let (Some(holder), Some(until)) = (holder, until) {
+            // A newer message is the holder's own successor (published only
+            // after the holder's provider work was recorded): it takes over.
+            if holder != owner && until > now && seq <= held_seq.unwrap_or(i64::MAX) {
+                tx.commit().await?;
+                return Ok(Claim::Busy { until_ms: until });
+            }
+        }
+        sqlx::query(
+            "UPDATE requests SET lease_owner = $1, lease_until = $2, lease_seq = $3 WHERE request_id = $4",
+        )
+        .bind(owner)
+        .bind(now + lease.as_millis() as i64)
+        .bind(seq)
+        .bind(request_id)
+        .execute(&mut *tx)
+        .await?;
+        // Read after the lock was granted, in a statement of its own: the
+        // locking SELECT's snapshot predates any transaction it waited for, so
+        // steps that one recorded would be missing from it.
+        let record = fetch_record(&mut tx, request_id)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        tx.commit().await?;
+        Ok(Claim::Granted(Box::new(record)))
+    }
+
+    async fn record_step(
+        &self,
+        request_id: &str,
+        step_key: &str,
+        outputs: &Map<String, Value>,
+        secrets: &Map<String, Value>,
+    ) -> Result<(), LedgerError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        // The request's lock first (as every other writer takes it), then the step.
+        let row =
+            sqlx::query("SELECT outputs, secrets FROM requests WHERE request_id = $1 FOR UPDATE")
+                .bind(request_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO steps (request_id, step_key, outputs, completed_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (request_id, step_key) DO NOTHING",
+        )
+        .bind(request_id)
+        .bind(step_key)
+        .bind(Value::Object(outputs.clone()).to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            let new_outputs = merged(request_id, &row.try_get::<String, _>(0)?, outputs)?;
+            let new_secrets = merged(request_id, &row.try_get::<String, _>(1)?, secrets)?;
+            sqlx::query(
+                "UPDATE requests SET outputs = $1, secrets = $2, updated_at = $3 WHERE request_id = $4",
+            )
+            .bind(new_outputs)
+            .bind(new_secrets)
+            .bind(now)
+            .bind(request_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn finish(&self, request_id: &str, finish: &Finish) -> Result<(), LedgerError> {
+        sqlx::query(
+            "UPDATE requests SET status = $1, final_event = $2, current_step = $3, current_index = $4,
+             waiting_until = NULL, updated_at = $5 WHERE request_id = $6",
+        )
+        .bind(finish.status.as_str())
+        .bind(&finish.final_event)
+        .bind(&finish.step)
+        .bind(finish.index)
+        .bind(now_ms())
+        .bind(request_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn advance(
+        &self,
+        request_id: &str,
+        owner: &str,
+        next_seq: i64,
+        progress: &Progress,
+    ) -> Result<(), LedgerError> {
+        // One statement: it locks the row, and every expression reads the
+        // newest version of it.
+        sqlx::query(
+            "UPDATE requests SET cursor = GREATEST(cursor, $1),
+               lease_until = CASE WHEN lease_owner = $2 THEN NULL ELSE lease_until END,
+               lease_owner = CASE WHEN lease_owner = $2 THEN NULL ELSE lease_owner END,
+               current_step = CASE WHEN status = 'running' THEN COALESCE($3, current_step) ELSE current_step END,
+               current_index = CASE WHEN status = 'running' THEN COALESCE($4, current_index) ELSE current_index END,
+               waiting_until = CASE WHEN status = 'running' THEN $5 ELSE NULL END,
+               updated_at = $6
+             WHERE request_id = $7",
+        )
+        .bind(next_seq)
+        .bind(owner)
+        .bind(&progress.current_step)
+        .bind(progress.current_index)
+        .bind(progress.waiting_until_ms)
+        .bind(now_ms())
+        .bind(request_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn redrive(&self, request_id: &str) -> Result<Option<RequestRecord>, LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE requests SET status = 'running', final_event = NULL, lease_owner = NULL, lease_until = NULL,
+             updated_at = $1 WHERE request_id = $2 AND status = 'failed'",
+        )
+        .bind(now_ms())
+        .bind(request_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let result = if changed == 1 {
+            fetch_record(&mut tx, request_id).await?
+        } else {
+            None
+        };
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    async fn get(&self, request_id: &str) -> Result<Option<RequestRecord>, LedgerError> {
+        let mut conn = self.pool.acquire().await?;
+        fetch_record(&mut conn, request_id).await
+    }
+
+    async fn counts(&self) -> Result<(i64, i64), LedgerError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE waiting_until > $1)
+             FROM requests WHERE status = 'running'",
+        )
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+}
