@@ -162,6 +162,15 @@ impl Engine {
                 if let Some(record) = self.ledger.redrive(&request.request_id).await? {
                     return self.resume_redrive(t, &request, record).await;
                 }
+                // A replay of a running request: perhaps our own redrive that died
+                // after clearing the failure and before publishing its step.
+                // Publishing the step at the cursor again is safe: a copy is
+                // serialised by the lease and dropped by the cursor.
+                if let Some(record) = self.ledger.get(&request.request_id).await? {
+                    if record.status == Status::Running {
+                        return self.resume_redrive(t, &request, record).await;
+                    }
+                }
             }
             let new = NewRequest {
                 request_id: request.request_id.clone(),
@@ -498,7 +507,6 @@ enum Next {
     Advance {
         outputs: Map<String, Value>,
         secrets: Map<String, Value>,
-        skipped: bool,
     },
     /// Run this step again after a delay.
     Again {
@@ -556,16 +564,29 @@ impl StepRun<'_> {
         let next = self.execute(&step, &input).await;
         match next {
             Next::Advance {
-                outputs,
-                secrets,
-                skipped,
+                outputs, secrets, ..
             } => {
-                if !skipped {
-                    self.engine
-                        .ledger
-                        .record_step(&self.m.request_id, &step.ledger_key(), &outputs, &secrets)
-                        .await?;
-                }
+                let is_last = self.m.step as usize + 1 >= plan.len();
+                let progress = match plan.get(self.m.step as usize + 1) {
+                    Some(next_step) => Progress {
+                        current_step: Some(next_step.name.into()),
+                        current_index: Some(self.m.step as i64 + 1),
+                        waiting_until_ms: None,
+                    },
+                    None => Progress::default(),
+                };
+                // Idempotent: a step found recorded is recorded again with no
+                // change to its outputs, and the progress is noted.
+                self.engine
+                    .ledger
+                    .record_step(
+                        &self.m.request_id,
+                        &step.ledger_key(),
+                        &outputs,
+                        &secrets,
+                        &progress,
+                    )
+                    .await?;
                 let mut all_outputs = self.record.outputs.clone();
                 all_outputs.extend(outputs);
                 let mut all_secrets = self.record.secrets.clone();
@@ -574,7 +595,6 @@ impl StepRun<'_> {
                 step_event.step = Some(step.name.into());
                 step_event.step_index = step.index;
                 step_event.outputs = all_outputs.clone();
-                let is_last = self.m.step as usize + 1 >= plan.len();
                 if is_last {
                     self.engine.publish_event(self.t, &step_event).await?;
                     let mut record = self.record.clone();
@@ -583,7 +603,6 @@ impl StepRun<'_> {
                     let run = StepRun { record, ..self };
                     return run.complete(&plan, return_credentials).await;
                 }
-                let next_step = &plan[self.m.step as usize + 1];
                 let next = StepMessage {
                     seq: self.m.seq + 1,
                     step: self.m.step + 1,
@@ -599,15 +618,8 @@ impl StepRun<'_> {
                         .publish_step(self.provider_id, next.to_bytes(), Duration::ZERO),
                     self.engine.publish_event(self.t, &step_event),
                 )?;
-                let progress = Progress {
-                    current_step: Some(next_step.name.into()),
-                    current_index: Some(next.step as i64),
-                    waiting_until_ms: None,
-                };
-                self.engine
-                    .ledger
-                    .advance(&self.m.request_id, &self.owner, next.seq, &progress)
-                    .await?;
+                // No ledger write here: the successor's claim moves the cursor
+                // and takes the lease over (it exists, so it was confirmed).
                 info!(step = step.name, index = ?step.index, "step completed");
                 Ok(())
             }
@@ -667,7 +679,6 @@ impl StepRun<'_> {
             return Next::Advance {
                 outputs: Map::new(),
                 secrets: Map::new(),
-                skipped: true,
             };
         }
         let ctx = StepContext {
@@ -698,7 +709,6 @@ impl StepRun<'_> {
                 Next::Advance {
                     outputs: done.outputs,
                     secrets: done.secrets,
-                    skipped: false,
                 }
             }
             Ok(StepOutcome::Pending { status, state }) => {

@@ -141,7 +141,11 @@ pub trait Ledger: Send + Sync + 'static {
     /// Records `request` as running, unless its id is known.
     async fn accept(&self, request: &NewRequest) -> Result<Accept, LedgerError>;
 
-    /// Takes the request's lease for `lease` to work on the step message `seq`.
+    /// Takes the request's lease for `lease` to work on the step message `seq`,
+    /// and moves the cursor to `seq`: a message being claimed was published, so
+    /// every older one is superseded. A claim with a newer `seq` than the
+    /// lease's is the holder's own successor and takes the lease over; callers
+    /// use a fresh `owner` per claim.
     async fn claim(
         &self,
         request_id: &str,
@@ -151,20 +155,23 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> Result<Claim, LedgerError>;
 
     /// Records a finished step and merges its outputs and private values into
-    /// the request's. Idempotent: recording the same step again changes nothing.
+    /// the request's. Idempotent: recording the same step again changes no
+    /// output. `progress` (the step that comes next) is noted either way.
     async fn record_step(
         &self,
         request_id: &str,
         step_key: &str,
         outputs: &Map<String, Value>,
         secrets: &Map<String, Value>,
+        progress: &Progress,
     ) -> Result<(), LedgerError>;
 
     /// Records the request's end (before its final event is published).
     async fn finish(&self, request_id: &str, finish: &Finish) -> Result<(), LedgerError>;
 
-    /// After the successor of message `seq` is confirmed: cursor = max(cursor,
-    /// `next_seq`), the lease released if `owner` holds it, progress noted.
+    /// After the successor of a message is confirmed: cursor = max(cursor,
+    /// `next_seq`), the lease released if `owner` holds it, and progress noted
+    /// unless a newer message already moved the cursor past `next_seq`.
     async fn advance(
         &self,
         request_id: &str,

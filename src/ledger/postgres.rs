@@ -266,7 +266,8 @@ impl Ledger for PostgresLedger {
             }
         }
         sqlx::query(
-            "UPDATE requests SET lease_owner = $1, lease_until = $2, lease_seq = $3 WHERE request_id = $4",
+            "UPDATE requests SET lease_owner = $1, lease_until = $2, lease_seq = $3, cursor = GREATEST(cursor, $3)
+             WHERE request_id = $4",
         )
         .bind(owner)
         .bind(now + lease.as_millis() as i64)
@@ -290,6 +291,7 @@ impl Ledger for PostgresLedger {
         step_key: &str,
         outputs: &Map<String, Value>,
         secrets: &Map<String, Value>,
+        progress: &Progress,
     ) -> Result<(), LedgerError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -310,19 +312,28 @@ impl Ledger for PostgresLedger {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        let (mut new_outputs, mut new_secrets): (String, String) =
+            (row.try_get(0)?, row.try_get(1)?);
         if inserted == 1 {
-            let new_outputs = merged(request_id, &row.try_get::<String, _>(0)?, outputs)?;
-            let new_secrets = merged(request_id, &row.try_get::<String, _>(1)?, secrets)?;
-            sqlx::query(
-                "UPDATE requests SET outputs = $1, secrets = $2, updated_at = $3 WHERE request_id = $4",
-            )
-            .bind(new_outputs)
-            .bind(new_secrets)
-            .bind(now)
-            .bind(request_id)
-            .execute(&mut *tx)
-            .await?;
+            new_outputs = merged(request_id, &new_outputs, outputs)?;
+            new_secrets = merged(request_id, &new_secrets, secrets)?;
         }
+        sqlx::query(
+            "UPDATE requests SET outputs = $1, secrets = $2, updated_at = $3,
+               current_step = CASE WHEN status = 'running' THEN COALESCE($4, current_step) ELSE current_step END,
+               current_index = CASE WHEN status = 'running' THEN COALESCE($5, current_index) ELSE current_index END,
+               waiting_until = CASE WHEN status = 'running' THEN $6 ELSE waiting_until END
+             WHERE request_id = $7",
+        )
+        .bind(new_outputs)
+        .bind(new_secrets)
+        .bind(now)
+        .bind(&progress.current_step)
+        .bind(progress.current_index)
+        .bind(progress.waiting_until_ms)
+        .bind(request_id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -356,9 +367,9 @@ impl Ledger for PostgresLedger {
             "UPDATE requests SET cursor = GREATEST(cursor, $1),
                lease_until = CASE WHEN lease_owner = $2 THEN NULL ELSE lease_until END,
                lease_owner = CASE WHEN lease_owner = $2 THEN NULL ELSE lease_owner END,
-               current_step = CASE WHEN status = 'running' THEN COALESCE($3, current_step) ELSE current_step END,
-               current_index = CASE WHEN status = 'running' THEN COALESCE($4, current_index) ELSE current_index END,
-               waiting_until = CASE WHEN status = 'running' THEN $5 ELSE NULL END,
+               current_step = CASE WHEN status = 'running' AND $1 >= cursor THEN COALESCE($3, current_step) ELSE current_step END,
+               current_index = CASE WHEN status = 'running' AND $1 >= cursor THEN COALESCE($4, current_index) ELSE current_index END,
+               waiting_until = CASE WHEN status <> 'running' THEN NULL WHEN $1 >= cursor THEN $5 ELSE waiting_until END,
                updated_at = $6
              WHERE request_id = $7",
         )

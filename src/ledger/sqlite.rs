@@ -59,6 +59,10 @@ const SELECT_REQUEST: &str = "SELECT request_id, provider, operation, body, stat
 
 pub struct SqliteLedger {
     pool: SqlitePool,
+    /// One writer at a time in this process: SQLite has one write lock, and
+    /// writers queued here wait without the busy handler's sleeps. Other
+    /// processes on the same file still wait through `busy_timeout`.
+    write: tokio::sync::Mutex<()>,
 }
 
 impl SqliteLedger {
@@ -100,7 +104,10 @@ impl SqliteLedger {
             .await?;
         }
         tx.commit().await?;
-        Ok(SqliteLedger { pool })
+        Ok(SqliteLedger {
+            pool,
+            write: tokio::sync::Mutex::new(()),
+        })
     }
 
     async fn done_steps(
@@ -149,6 +156,7 @@ fn record_from(row: &SqliteRow, done_steps: Vec<String>) -> Result<RequestRecord
 impl Ledger for SqliteLedger {
     async fn accept(&self, request: &NewRequest) -> Result<Accept, LedgerError> {
         let now = now_ms();
+        let _writer = self.write.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let inserted = sqlx::query(
             "INSERT INTO requests (request_id, provider, operation, body, status, cursor, accepted_at, updated_at)
@@ -187,16 +195,19 @@ impl Ledger for SqliteLedger {
         lease: Duration,
     ) -> Result<Claim, LedgerError> {
         let now = now_ms();
+        let _writer = self.write.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let Some(row) = sqlx::query(SELECT_REQUEST)
             .bind(request_id)
             .fetch_optional(&mut *tx)
             .await?
         else {
+            tx.rollback().await?;
             return Ok(Claim::Unknown);
         };
         let cursor: i64 = row.try_get("cursor")?;
         if seq < cursor {
+            tx.rollback().await?;
             return Ok(Claim::Stale);
         }
         let holder: Option<String> = row.try_get("lease_owner")?;
@@ -206,10 +217,14 @@ impl Ledger for SqliteLedger {
             // A newer message is the holder's own successor (published only
             // after the holder's provider work was recorded): it takes over.
             if holder != owner && until > now && seq <= held_seq.unwrap_or(i64::MAX) {
+                tx.rollback().await?;
                 return Ok(Claim::Busy { until_ms: until });
             }
         }
-        sqlx::query("UPDATE requests SET lease_owner = ?, lease_until = ?, lease_seq = ? WHERE request_id = ?")
+        sqlx::query(
+            "UPDATE requests SET lease_owner = ?, lease_until = ?, lease_seq = ?3, cursor = MAX(cursor, ?3)
+             WHERE request_id = ?4",
+        )
             .bind(owner)
             .bind(now + lease.as_millis() as i64)
             .bind(seq)
@@ -228,8 +243,10 @@ impl Ledger for SqliteLedger {
         step_key: &str,
         outputs: &Map<String, Value>,
         secrets: &Map<String, Value>,
+        progress: &Progress,
     ) -> Result<(), LedgerError> {
         let now = now_ms();
+        let _writer = self.write.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let inserted = sqlx::query(
             "INSERT INTO steps (request_id, step_key, outputs, completed_at) VALUES (?, ?, ?, ?)
@@ -242,28 +259,38 @@ impl Ledger for SqliteLedger {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if inserted == 1 {
-            let row = sqlx::query("SELECT outputs, secrets FROM requests WHERE request_id = ?")
-                .bind(request_id)
-                .fetch_one(&mut *tx)
-                .await?;
-            let new_outputs = merged(request_id, &row.try_get::<String, _>(0)?, outputs)?;
-            let new_secrets = merged(request_id, &row.try_get::<String, _>(1)?, secrets)?;
-            sqlx::query(
-                "UPDATE requests SET outputs = ?, secrets = ?, updated_at = ? WHERE request_id = ?",
-            )
-            .bind(new_outputs)
-            .bind(new_secrets)
-            .bind(now)
+        let row = sqlx::query("SELECT outputs, secrets FROM requests WHERE request_id = ?")
             .bind(request_id)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
+        let (mut new_outputs, mut new_secrets): (String, String) =
+            (row.try_get(0)?, row.try_get(1)?);
+        if inserted == 1 {
+            new_outputs = merged(request_id, &new_outputs, outputs)?;
+            new_secrets = merged(request_id, &new_secrets, secrets)?;
         }
+        sqlx::query(
+            "UPDATE requests SET outputs = ?, secrets = ?, updated_at = ?,
+               current_step = CASE WHEN status = 'running' THEN COALESCE(?, current_step) ELSE current_step END,
+               current_index = CASE WHEN status = 'running' THEN COALESCE(?, current_index) ELSE current_index END,
+               waiting_until = CASE WHEN status = 'running' THEN ? ELSE waiting_until END
+             WHERE request_id = ?",
+        )
+        .bind(new_outputs)
+        .bind(new_secrets)
+        .bind(now)
+        .bind(&progress.current_step)
+        .bind(progress.current_index)
+        .bind(progress.waiting_until_ms)
+        .bind(request_id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn finish(&self, request_id: &str, finish: &Finish) -> Result<(), LedgerError> {
+        let _writer = self.write.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "UPDATE requests SET status = ?, final_event = ?, current_step = ?, current_index = ?,
@@ -288,19 +315,19 @@ impl Ledger for SqliteLedger {
         next_seq: i64,
         progress: &Progress,
     ) -> Result<(), LedgerError> {
+        let _writer = self.write.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
-            "UPDATE requests SET cursor = MAX(cursor, ?),
-               lease_until = CASE WHEN lease_owner = ? THEN NULL ELSE lease_until END,
-               lease_owner = CASE WHEN lease_owner = ? THEN NULL ELSE lease_owner END,
-               current_step = CASE WHEN status = 'running' THEN COALESCE(?, current_step) ELSE current_step END,
-               current_index = CASE WHEN status = 'running' THEN COALESCE(?, current_index) ELSE current_index END,
-               waiting_until = CASE WHEN status = 'running' THEN ? ELSE NULL END,
-               updated_at = ?
-             WHERE request_id = ?",
+            "UPDATE requests SET cursor = MAX(cursor, ?1),
+               lease_until = CASE WHEN lease_owner = ?2 THEN NULL ELSE lease_until END,
+               lease_owner = CASE WHEN lease_owner = ?2 THEN NULL ELSE lease_owner END,
+               current_step = CASE WHEN status = 'running' AND ?1 >= cursor THEN COALESCE(?3, current_step) ELSE current_step END,
+               current_index = CASE WHEN status = 'running' AND ?1 >= cursor THEN COALESCE(?4, current_index) ELSE current_index END,
+               waiting_until = CASE WHEN status != 'running' THEN NULL WHEN ?1 >= cursor THEN ?5 ELSE waiting_until END,
+               updated_at = ?6
+             WHERE request_id = ?7",
         )
         .bind(next_seq)
-        .bind(owner)
         .bind(owner)
         .bind(&progress.current_step)
         .bind(progress.current_index)
@@ -314,6 +341,7 @@ impl Ledger for SqliteLedger {
     }
 
     async fn redrive(&self, request_id: &str) -> Result<Option<RequestRecord>, LedgerError> {
+        let _writer = self.write.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let changed = sqlx::query(
             "UPDATE requests SET status = 'running', final_event = NULL, lease_owner = NULL, lease_until = NULL,

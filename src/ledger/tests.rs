@@ -187,6 +187,8 @@ ledger_tests! {
         the_request_is_kept_byte_for_byte,
         an_unknown_request_is_unknown_everywhere,
         an_older_step_message_is_stale_once_the_cursor_moved_on,
+        claiming_a_newer_message_makes_older_copies_stale,
+        a_late_advance_does_not_overwrite_newer_progress,
         a_held_lease_makes_a_second_copy_wait_until_it_expires,
         a_released_lease_lets_the_next_copy_in_at_once,
         the_successor_of_the_lease_holder_takes_the_lease_over_at_once,
@@ -423,18 +425,74 @@ async fn the_successor_of_the_lease_holder_takes_the_lease_over_at_once(s: Store
     ));
 }
 
+async fn claiming_a_newer_message_makes_older_copies_stale(s: Store) {
+    let l = s.open().await;
+    l.accept(&req("r1")).await.unwrap();
+    assert!(matches!(
+        l.claim("r1", 0, "a", MINUTE).await.unwrap(),
+        Claim::Granted(_)
+    ));
+    // Seq 1 exists, so it was published: seq 0 is superseded even before "a" advances.
+    assert!(matches!(
+        l.claim("r1", 1, "b", MINUTE).await.unwrap(),
+        Claim::Granted(_)
+    ));
+    assert!(matches!(
+        l.claim("r1", 0, "c", MINUTE).await.unwrap(),
+        Claim::Stale
+    ));
+    assert_eq!(l.get("r1").await.unwrap().unwrap().cursor, 1);
+}
+
+async fn a_late_advance_does_not_overwrite_newer_progress(s: Store) {
+    let l = s.open().await;
+    l.accept(&req("r1")).await.unwrap();
+    let waiting = |step: &str, until: i64| Progress {
+        current_step: Some(step.into()),
+        current_index: Some(3),
+        waiting_until_ms: Some(until),
+    };
+    l.claim("r1", 1, "b", MINUTE).await.unwrap();
+    l.advance("r1", "b", 2, &waiting("poll_order", 2_000))
+        .await
+        .unwrap();
+    // The predecessor's advance arrives after its successor's.
+    l.advance(
+        "r1",
+        "a",
+        1,
+        &Progress {
+            current_step: Some("create_order".into()),
+            current_index: Some(2),
+            waiting_until_ms: None,
+        },
+    )
+    .await
+    .unwrap();
+    let r = l.get("r1").await.unwrap().unwrap();
+    assert_eq!(r.current_step.as_deref(), Some("poll_order"));
+    assert_eq!(r.waiting_until_ms, Some(2_000));
+    assert_eq!(r.cursor, 2);
+}
+
 async fn recorded_steps_merge_outputs_once(s: Store) {
     let l = s.open().await;
     l.accept(&req("r1")).await.unwrap();
     let out = map(&[("code_name", "x-1".into())]);
     let sec = map(&[("api_password", "pw".into())]);
-    l.record_step("r1", "create_tenant", &out, &sec)
+    l.record_step("r1", "create_tenant", &out, &sec, &Progress::default())
         .await
         .unwrap();
     let again = map(&[("code_name", "x-2".into())]);
-    l.record_step("r1", "create_tenant", &again, &Map::new())
-        .await
-        .unwrap();
+    l.record_step(
+        "r1",
+        "create_tenant",
+        &again,
+        &Map::new(),
+        &Progress::default(),
+    )
+    .await
+    .unwrap();
     let r = l.get("r1").await.unwrap().unwrap();
     assert_eq!(
         r.outputs["code_name"], "x-1",
@@ -448,9 +506,15 @@ async fn recorded_steps_merge_outputs_once(s: Store) {
         ("user_id", json!(42)),
         ("nested", json!({"a": [1, null, "ü"]})),
     ]);
-    l.record_step("r1", "create_user#1", &out2, &Map::new())
-        .await
-        .unwrap();
+    l.record_step(
+        "r1",
+        "create_user#1",
+        &out2,
+        &Map::new(),
+        &Progress::default(),
+    )
+    .await
+    .unwrap();
     let r = l.get("r1").await.unwrap().unwrap();
     assert_eq!(
         r.outputs,
@@ -644,9 +708,15 @@ async fn counts_are_running_and_waiting_requests(s: Store) {
 async fn reopening_keeps_the_data(s: Store) {
     let l = s.open().await;
     l.accept(&req("r1")).await.unwrap();
-    l.record_step("r1", "s", &map(&[("k", "v".into())]), &Map::new())
-        .await
-        .unwrap();
+    l.record_step(
+        "r1",
+        "s",
+        &map(&[("k", "v".into())]),
+        &Map::new(),
+        &Progress::default(),
+    )
+    .await
+    .unwrap();
     drop(l);
     // A restart, and a second worker: the schema is found, not made again.
     let a = s.open().await;
@@ -686,7 +756,7 @@ async fn two_processes_writing_one_ledger_all_succeed(s: Store) {
             let id = format!("r{i}");
             l.accept(&req(&id)).await.unwrap();
             l.claim(&id, 0, "w", Duration::from_secs(5)).await.unwrap();
-            l.record_step(&id, "s", &Map::new(), &Map::new())
+            l.record_step(&id, "s", &Map::new(), &Map::new(), &Progress::default())
                 .await
                 .unwrap();
             l.advance(&id, "w", 1, &Progress::default()).await.unwrap();
@@ -765,9 +835,15 @@ async fn concurrent_records_of_one_request_lose_no_outputs(s: Store) {
             tokio::spawn(async move {
                 let out = map(&[(format!("out{step}").as_str(), json!(i))]);
                 let sec = map(&[(format!("sec{step}").as_str(), json!(i))]);
-                l.record_step("r1", &format!("step{step}"), &out, &sec)
-                    .await
-                    .unwrap()
+                l.record_step(
+                    "r1",
+                    &format!("step{step}"),
+                    &out,
+                    &sec,
+                    &Progress::default(),
+                )
+                .await
+                .unwrap()
             })
         })
         .collect();

@@ -428,3 +428,54 @@ pub fn env_map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+// ---- magento_bi (used by tests/it/magento_bi.rs) ---------------------------
+
+/// A Magento BI onboarding request shaped like CONTRACT §4's example, for
+/// `company`, whose MySQL connection carries `mysql_password`.
+#[allow(dead_code)]
+pub fn magento_request(request_id: &str, company: &str, mysql_password: &str) -> Value {
+    serde_json::json!({
+        "request_id": request_id,
+        "provider": "magento_bi",
+        "operation": "onboard",
+        "input": {
+            "signup": {"tier": "T100", "company": company, "first_name": "Coco", "last_name": "Owner",
+                       "email": "owner@example.test", "role": "csm",
+                       "magento": {"customer_id": "cust-42", "subscription_id": "sub-42"}},
+            "invite": {"email": "analyst@example.test", "first_name": "Ana", "last_name": "Lyst",
+                       "force_create": 1,
+                       "client_rights": {"admin": 1, "billing": 1, "readonly": 1, "technical": 0}},
+            "client": {"name": company,
+                       "properties": {"timezone": "America/New_York", "default_currency": "USD"}},
+            "connection": {"name": "store", "display_name": "Store DB", "type": "mysql",
+                           "credentials": {"password": mysql_password, "encryption_password": null},
+                           "properties": {"host": "db.example.test", "port": "3306",
+                                          "dbName": "magento_store", "username": "bi_reader"}},
+            "dashboards": {"package": "magento1_rjql1", "database": "magento_store", "table_prefix": ""}
+        }
+    })
+}
+
+/// The sum of the samples of `name` whose labels include every `labels` pair
+/// (in `/metrics` text); `None` when no such sample is exported.
+#[allow(dead_code)]
+pub fn metric_value(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = match series.split_once('{') {
+                Some((m, r)) => (m, r),
+                None => (series, ""),
+            };
+            let wanted = metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            wanted.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .reduce(|a, b| a + b)
+}
+// ---- end magento_bi ----------------------------------------------------------

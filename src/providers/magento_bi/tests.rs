@@ -433,6 +433,21 @@ async fn a_token_living_one_second_is_renewed_through_jobs_of_a_second_and_a_hal
 }
 
 #[tokio::test]
+async fn a_margin_longer_than_the_tokens_lifetime_still_lets_calls_share_it() {
+    let mut h = Harness::start(Duration::ZERO, Duration::from_secs(2)).await;
+    // The default margin (60 s) against a 2 s token: renewed when half of it is left.
+    h.settings.token_renew_margin_ms = 60_000;
+    h.provider = MagentoBi::new(&h.settings, h.metrics.clone());
+    let run = h.run(&input()).await;
+    assert!(run.failure.is_none(), "{:?}", run.failure);
+    assert_eq!(
+        h.api.tokens_issued(),
+        1,
+        "one token for a run shorter than half its life"
+    );
+}
+
+#[tokio::test]
 async fn concurrent_onboardings_share_one_token() {
     let h = Harness::start(Duration::from_millis(100), Duration::from_secs(3600)).await;
     let input = input();

@@ -28,6 +28,10 @@ pub(super) struct Token {
     /// Which token this is (1, 2, ...), so a 401 renews only the token it saw.
     generation: u64,
     expires_at: Instant,
+    /// How long before `expires_at` it is replaced: the configured margin, but
+    /// never more than half the token's lifetime (a margin longer than the
+    /// lifetime would make every call fetch a token of its own).
+    margin: Duration,
 }
 
 impl Token {
@@ -39,8 +43,8 @@ impl Token {
     pub(super) fn cookie(&self) -> HeaderValue {
         sensitive(&format!("DASHSESS2={}", self.value.expose()))
     }
-    fn fresh(&self, margin: Duration) -> bool {
-        self.expires_at.saturating_duration_since(Instant::now()) >= margin
+    fn fresh(&self) -> bool {
+        self.expires_at.saturating_duration_since(Instant::now()) > self.margin
     }
 }
 
@@ -53,6 +57,7 @@ impl fmt::Debug for Token {
                 "expires_in",
                 &self.expires_at.saturating_duration_since(Instant::now()),
             )
+            .field("margin", &self.margin)
             .finish()
     }
 }
@@ -121,7 +126,7 @@ impl Tokens {
     /// margin of it remains.
     pub(super) async fn get(&self, step: &str) -> Result<Token, StepError> {
         let mut slot = self.slot.lock().await;
-        if let Some(t) = slot.as_ref().filter(|t| t.fresh(self.margin)) {
+        if let Some(t) = slot.as_ref().filter(|t| t.fresh()) {
             return Ok(t.clone());
         }
         let generation = slot.as_ref().map_or(0, |t| t.generation) + 1;
@@ -136,7 +141,7 @@ impl Tokens {
         let mut slot = self.slot.lock().await;
         if let Some(t) = slot
             .as_ref()
-            .filter(|t| t.generation != rejected.generation && t.fresh(self.margin))
+            .filter(|t| t.generation != rejected.generation && t.fresh())
         {
             return Ok(t.clone());
         }
@@ -192,6 +197,7 @@ impl Tokens {
             value: answer.access_token,
             generation,
             expires_at: asked_at + lifetime,
+            margin: self.margin.min(lifetime / 2),
         })
     }
 }
