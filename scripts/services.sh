@@ -2,8 +2,9 @@
 # Installs (from Debian's packages) and starts what the worker and its tests
 # need, idempotently: RabbitMQ with its management plugin, and PostgreSQL with
 # a role and test database of our own; and, installed but never started, the
-# tools the observability tests run themselves: Prometheus (`prometheus`,
-# `promtool`) and docker-compose. Sourced by scripts/test and scripts/demo.
+# tools the tests run themselves: Prometheus (`prometheus`, `promtool`),
+# docker-compose, and stunnel4 (the TLS tests' amqps:// listener; they make
+# their certificates with the `openssl` CLI). Sourced by scripts/test and scripts/demo.
 #   ONBOARDING_SERVICES="rabbitmq"                  only RabbitMQ (the demo)
 #   ONBOARDING_SERVICES="rabbitmq postgres tools"   all of them (default)
 set -euo pipefail
@@ -29,6 +30,8 @@ need_tools=()
 case " $services " in *" tools "*)
     { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need_tools+=(prometheus)
     command -v docker-compose >/dev/null 2>&1 || need_tools+=(docker-compose)
+    command -v stunnel4 >/dev/null 2>&1 || need_tools+=(stunnel4)
+    command -v openssl >/dev/null 2>&1 || need_tools+=(openssl)
 ;; esac
 if [ ${#need_apt[@]} -gt 0 ] || [ ${#need_tools[@]} -gt 0 ]; then
     sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get update -qq

@@ -164,13 +164,25 @@ pub async fn execute(cli: Cli, settings: Settings) -> Result<i32, Exit> {
                 eprintln!("no onboarding with request_id {request_id:?} in the ledger");
                 return Ok(1);
             };
-            println!("{}", crate::status::render(&record, json));
+            let providers =
+                crate::providers::build_all(&settings.providers, &crate::metrics::Metrics::new());
+            let next = serde_json::from_slice::<serde_json::Value>(&record.body)
+                .ok()
+                .and_then(|body| {
+                    let provider =
+                        providers.get(&crate::domain::ProviderId::parse(&record.provider)?)?;
+                    let operation = crate::domain::Operation::parse(&record.operation)?;
+                    let plan = provider.plan(operation, body.get("input")?).ok()?;
+                    crate::status::next_step(&record, &plan)
+                });
+            println!("{}", crate::status::render(&record, next, json));
             Ok(0)
         }
         Command::Dead { command } => {
-            let admin = Admin::connect(settings.amqp.url.expose())
-                .await
-                .map_err(|e| Exit::runtime(broker_hint(e)))?;
+            let admin =
+                Admin::connect_with_ca(settings.amqp.url.expose(), settings.amqp.tls_ca_path())
+                    .await
+                    .map_err(|e| Exit::runtime(broker_hint(e)))?;
             let code = match command {
                 DeadCommand::List { json } => {
                     let dead = admin.dead_list().await.map_err(Exit::runtime)?;

@@ -67,6 +67,17 @@ pub struct AmqpSettings {
     /// First and longest pause between reconnection attempts.
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+    /// For `amqps://`: a PEM file of CA certificates trusted besides the
+    /// system's roots; empty for the system's roots only.
+    #[serde(default)]
+    pub tls_ca_file: String,
+}
+
+impl AmqpSettings {
+    /// `tls_ca_file`, or `None` when empty (the system's roots only).
+    pub fn tls_ca_path(&self) -> Option<&Path> {
+        (!self.tls_ca_file.is_empty()).then(|| Path::new(&self.tls_ca_file))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -113,6 +124,10 @@ pub struct CallSettings {
     pub max_response_bytes: usize,
     /// Steps of this provider in flight at once in one worker.
     pub concurrency: usize,
+    /// For `https://` base URLs: a PEM file of CA certificates trusted besides
+    /// the system's roots; empty for the system's roots only.
+    #[serde(default)]
+    pub tls_ca_file: String,
 }
 
 impl CallSettings {
@@ -251,11 +266,16 @@ impl Settings {
         {
             return bad("ledger.url", "must start with sqlite: or postgres://");
         }
+        check_ca_file("amqp.tls_ca_file", &self.amqp.tls_ca_file)?;
         for (name, calls) in [
             ("magento_bi", &self.providers.magento_bi.calls),
             ("computestacks", &self.providers.computestacks.calls),
             ("sharespine", &self.providers.sharespine.calls),
         ] {
+            check_ca_file(
+                &format!("providers.{name}.calls.tls_ca_file"),
+                &calls.tls_ca_file,
+            )?;
             if calls.concurrency == 0 {
                 return bad(
                     &format!("providers.{name}.calls.concurrency"),
@@ -296,6 +316,17 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// A configured CA file must be readable and hold at least one PEM certificate,
+/// so a typo fails at start-up (exit 2) rather than at the first TLS handshake.
+fn check_ca_file(key: &str, path: &str) -> Result<(), ConfigError> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    crate::providers::http::read_ca_file(path)
+        .map(drop)
+        .map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))
 }
 
 #[cfg(test)]
@@ -342,6 +373,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("amqp.prefetch"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_file_that_is_missing_or_not_pem_names_its_key() {
+        let env = HashMap::from([(
+            "ONBOARDING__AMQP__TLS_CA_FILE".to_string(),
+            "/nonexistent/ca.pem".to_string(),
+        )]);
+        let err = Settings::load_with_env(None, Some(env))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("amqp.tls_ca_file"), "{err}");
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+        let not_pem = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(not_pem.path(), "hello").unwrap();
+        let env = HashMap::from([(
+            "ONBOARDING__PROVIDERS__SHARESPINE__CALLS__TLS_CA_FILE".to_string(),
+            not_pem.path().display().to_string(),
+        )]);
+        let err = Settings::load_with_env(None, Some(env))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("providers.sharespine.calls.tls_ca_file") && err.contains("no PEM"),
+            "{err}"
+        );
+        let s = Settings::load_with_env(None, Some(HashMap::new())).unwrap();
+        assert_eq!(s.amqp.tls_ca_file, "", "system roots by default");
+        assert_eq!(s.providers.magento_bi.calls.tls_ca_file, "");
     }
 
     #[test]

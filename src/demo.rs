@@ -88,7 +88,9 @@ pub async fn run(mut settings: Settings, timeout: Duration) -> anyhow::Result<i3
         }
     }
     settings.metrics.listen = "127.0.0.1:0".into();
-    let admin = Admin::connect(settings.amqp.url.expose()).await.map_err(|e| {
+    let admin = Admin::connect_with_ca(settings.amqp.url.expose(), settings.amqp.tls_ca_path())
+        .await
+        .map_err(|e| {
         anyhow::anyhow!(
             "cannot reach RabbitMQ at the configured amqp.url ({e}). Start it (Debian: apt-get install -y rabbitmq-server && rabbitmq-server -detached) or set ONBOARDING__AMQP__URL"
         )

@@ -14,8 +14,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The worker's metrics, registered in a registry of their own (so tests can
@@ -57,8 +57,10 @@ pub struct Metrics {
     pub broker_connected: IntGauge,
     /// Connections (re)established.
     pub broker_connections_total: prometheus::IntCounter,
-    /// Ledger operation latency.
-    pub ledger_seconds: Histogram,
+    /// Ledger operation latency, by operation (accept, claim, record_step, ...).
+    pub ledger_seconds: HistogramVec,
+    /// Publish-to-confirm latency, by what was published (step, event, dead).
+    pub publish_seconds: HistogramVec,
 }
 
 const STEP_BUCKETS: &[f64] = &[
@@ -111,14 +113,30 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(steps_in_flight.clone()))
             .expect("registered once");
-        let ledger_seconds = Histogram::with_opts(
-            HistogramOpts::new("onboarding_ledger_seconds", "Time of one ledger operation.")
-                .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
-                ]),
+        let fast_buckets = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+        ];
+        let ledger_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "onboarding_ledger_seconds",
+                "Time of one ledger operation, by operation.",
+            )
+            .buckets(fast_buckets.clone()),
+            &["op"],
         )
         .expect("valid metric");
         r.register(Box::new(ledger_seconds.clone()))
+            .expect("registered once");
+        let publish_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "onboarding_publish_seconds",
+                "Time from publishing a message to the broker's confirm, by what was published.",
+            )
+            .buckets(fast_buckets),
+            &["what"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(publish_seconds.clone()))
             .expect("registered once");
         let broker_connections_total = prometheus::IntCounter::new(
             "onboarding_broker_connections_total",
@@ -157,6 +175,7 @@ impl Metrics {
             broker_connected: gauge(&r, "onboarding_broker_connected", "1 while connected to the broker and consuming."),
             broker_connections_total,
             ledger_seconds,
+            publish_seconds,
             registry: r,
         }
     }

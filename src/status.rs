@@ -15,8 +15,22 @@ fn ms_to_rfc3339(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-/// A table for people, or one JSON object with `--json`.
-pub fn render(r: &RequestRecord, as_json: bool) -> String {
+/// The first step of `plan` (the provider's, for this request) not yet
+/// recorded: where a running request stands when it is not waiting.
+pub fn next_step(r: &RequestRecord, plan: &[crate::engine::step::StepKey]) -> Option<String> {
+    plan.iter()
+        .find(|s| !r.done_steps.contains(&s.ledger_key()))
+        .map(|s| s.name.to_string())
+}
+
+/// A table for people, or one JSON object with `--json`. `next` is the step a
+/// running request is at (see [`next_step`]); a waiting one names its own.
+pub fn render(r: &RequestRecord, next: Option<String>, as_json: bool) -> String {
+    let mut r = r.clone();
+    if r.status == Status::Running && r.waiting_until_ms.is_none() {
+        r.current_step = next.or(r.current_step);
+    }
+    let r = &r;
     let final_event: Option<Value> = r
         .final_event
         .as_deref()

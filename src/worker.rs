@@ -44,7 +44,10 @@ impl Worker {
     ) -> Result<Worker, WorkerError> {
         let metrics = Metrics::new();
         let health = Health::default();
-        let ledger = ledger::open(settings.ledger.url.expose()).await?;
+        let ledger = ledger::timed::Timed::wrap(
+            ledger::open(settings.ledger.url.expose()).await?,
+            metrics.clone(),
+        );
         let providers = providers::build_all(&settings.providers, &metrics);
         let engine = Engine::new(
             providers,
@@ -82,6 +85,7 @@ impl Worker {
             reconnect_min: Duration::from_millis(settings.amqp.reconnect_min_ms),
             reconnect_max: Duration::from_millis(settings.amqp.reconnect_max_ms),
             shutdown_grace: Duration::from_millis(settings.worker.shutdown_grace_ms),
+            tls_ca_file: settings.amqp.tls_ca_path().map(Into::into),
         };
         let task = {
             let (metrics, health) = (metrics.clone(), health.clone());

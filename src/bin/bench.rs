@@ -63,6 +63,9 @@ struct Args {
     /// Steps of one provider in flight per worker (its prefetch).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Skip the waiting and scale-out parts (for profiling the throughput).
+    #[arg(long)]
+    throughput_only: bool,
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -311,6 +314,57 @@ async fn await_completed(
     Ok(())
 }
 
+/// (sum seconds, count) of every timed phase of the worker's step work.
+fn phases(m: &onboarding_worker::metrics::Metrics) -> Vec<(String, f64, u64)> {
+    let mut out = Vec::new();
+    for op in ["accept", "claim", "record_step", "advance", "finish"] {
+        let h = m.ledger_seconds.with_label_values(&[op]);
+        out.push((
+            format!("ledger {op}"),
+            h.get_sample_sum(),
+            h.get_sample_count(),
+        ));
+    }
+    for what in ["step", "event"] {
+        let h = m.publish_seconds.with_label_values(&[what]);
+        out.push((
+            format!("publish {what} (to confirm)"),
+            h.get_sample_sum(),
+            h.get_sample_count(),
+        ));
+    }
+    for step in [
+        "create_tenant",
+        "create_user",
+        "create_connection",
+        "create_login_url",
+    ] {
+        let h = m
+            .step_duration_seconds
+            .with_label_values(&["sharespine", step]);
+        out.push((
+            format!("provider call {step}"),
+            h.get_sample_sum(),
+            h.get_sample_count(),
+        ));
+    }
+    out
+}
+
+/// Prints mean milliseconds per phase between two snapshots.
+fn print_phases(title: &str, before: &[(String, f64, u64)], after: &[(String, f64, u64)]) {
+    eprintln!("      where the time goes ({title}), mean per operation:");
+    for ((name, s0, c0), (_, s1, c1)) in before.iter().zip(after) {
+        if c1 > c0 {
+            eprintln!(
+                "        {name:<34} {:>8.3} ms  × {}",
+                (s1 - s0) * 1000.0 / (c1 - c0) as f64,
+                c1 - c0
+            );
+        }
+    }
+}
+
 fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -434,6 +488,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let requests: Vec<Value> = (0..sizes.onboardings)
         .map(|i| sharespine(&format!("tp-{i}")))
         .collect();
+    let before = phases(&worker.metrics);
     let started = Instant::now();
     publish_all(&admin, &requests).await?;
     await_completed(&mut events, sizes.onboardings, Duration::from_secs(600)).await?;
@@ -446,6 +501,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         sizes.onboardings as f64 / took.as_secs_f64(),
         ratio
     );
+    print_phases("under load", &before, &phases(&worker.metrics));
 
     // (3) latency, one at a time.
     eprintln!(
@@ -454,6 +510,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     );
     events.drain_pending(Duration::from_millis(300)).await;
     let mut lat = Vec::new();
+    let before = phases(&worker.metrics);
     for i in 0..sizes.latency_runs {
         let t = Instant::now();
         publish_all(&admin, &[sharespine(&format!("lat-{i}"))]).await?;
@@ -466,12 +523,18 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let budget = hop_ms * hops_per_onboarding as f64;
     let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
     eprintln!("      p50 {p50:.1} ms, p99 {p99:.1} ms; budget {budget:.1} ms ({hop_ms:.2} ms per hop × {hops_per_onboarding})");
+    print_phases("one at a time", &before, &phases(&worker.metrics));
     token.cancel();
     worker.stopped().await;
     sandbox.shutdown().await;
     drop(events);
     admin.close().await;
     vhost.delete().await;
+
+    if args.throughput_only {
+        println!("ceiling {ceiling_sps:.0} steps/s, worker {worker_sps:.0} steps/s, ratio {ratio:.2}, latency p50 {p50:.1} ms (budget {budget:.1} ms)");
+        return Ok(());
+    }
 
     // (4) waiting costs nothing: the sandbox in its own process so only the worker's memory counts.
     eprintln!(

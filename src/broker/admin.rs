@@ -78,7 +78,16 @@ impl EventStream {
 
 impl Admin {
     pub async fn connect(url: &str) -> Result<Admin, BrokerError> {
-        let conn = connect(url, "onboarding-admin").await?;
+        Self::connect_with_ca(url, None).await
+    }
+
+    /// As [`Admin::connect`], trusting the CA certificates in `tls_ca_file`
+    /// for an `amqps://` URL (see [`connect`]).
+    pub async fn connect_with_ca(
+        url: &str,
+        tls_ca_file: Option<&std::path::Path>,
+    ) -> Result<Admin, BrokerError> {
+        let conn = connect(url, "onboarding-admin", tls_ca_file).await?;
         let setup = conn.create_channel().await?;
         topology::declare(&setup).await?;
         let channel = confirm_channel(&conn).await?;

@@ -41,7 +41,7 @@ pub async fn measure(
     message_bytes: usize,
     duration: Duration,
 ) -> Result<Ceiling, BrokerError> {
-    let conn = connect(url, "onboarding-bench-ceiling").await?;
+    let conn = connect(url, "onboarding-bench-ceiling", None).await?;
     let setup = conn.create_channel().await?;
     let queue = format!("onboarding.bench.ceiling.{}", uuid::Uuid::new_v4().simple());
     let mut args = FieldTable::default();

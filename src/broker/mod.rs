@@ -10,6 +10,7 @@ pub mod admin;
 pub mod ceiling;
 pub mod topology;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -50,12 +52,34 @@ pub struct BrokerSettings {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub shutdown_grace: Duration,
+    /// For `amqps://`: CA certificates (PEM) trusted besides the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// Connects, naming the connection so operators can find it in the management UI.
-pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
+///
+/// An `amqps://` URL is verified with rustls against the system's roots
+/// (rustls-platform-verifier) plus, when given, the CA certificates in
+/// `tls_ca_file` (PEM); the server's certificate must name the URL's host.
+/// `tls_ca_file` is read on every call, so a reconnect picks up a renewed CA.
+pub async fn connect(
+    url: &str,
+    name: &str,
+    tls_ca_file: Option<&Path>,
+) -> Result<Connection, BrokerError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    Ok(Connection::connect(url, props).await?)
+    let Some(path) = tls_ca_file else {
+        return Ok(Connection::connect(url, props).await?);
+    };
+    let pem = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| BrokerError::Other(format!("amqp.tls_ca_file {}: {e}", path.display())))?;
+    let tls = OwnedTLSConfig {
+        identity: None,
+        cert_chain: Some(pem),
+    };
+    let runtime = lapin::runtime::default_runtime()?;
+    Ok(Connection::connect_with_config(url, props, tls, runtime).await?)
 }
 
 /// A channel in confirm mode, for publishing.
@@ -118,11 +142,19 @@ pub async fn publish_confirmed(
 /// The engine's [`Transport`] over one confirm-mode channel.
 pub struct AmqpTransport {
     channel: Channel,
+    metrics: Metrics,
 }
 
 impl AmqpTransport {
-    pub fn new(channel: Channel) -> Self {
-        AmqpTransport { channel }
+    pub fn new(channel: Channel, metrics: Metrics) -> Self {
+        AmqpTransport { channel, metrics }
+    }
+
+    fn timer(&self, what: &str) -> prometheus::HistogramTimer {
+        self.metrics
+            .publish_seconds
+            .with_label_values(&[what])
+            .start_timer()
     }
 }
 
@@ -134,6 +166,7 @@ impl Transport for AmqpTransport {
         body: Vec<u8>,
         delay: Duration,
     ) -> Result<(), TransportError> {
+        let _t = self.timer("step");
         let props = persistent("application/json");
         match topology::tier_for(delay.as_millis() as u64) {
             None => {
@@ -169,6 +202,7 @@ impl Transport for AmqpTransport {
         request_id: Option<&str>,
         body: Vec<u8>,
     ) -> Result<(), TransportError> {
+        let _t = self.timer("event");
         let mut headers = FieldTable::default();
         headers.insert(
             "request_id".into(),
@@ -197,36 +231,104 @@ impl Transport for AmqpTransport {
         let original = props
             .0
             .as_ref()
-            .and_then(|p| p.downcast_ref::<BasicProperties>())
-            .cloned();
-        let mut props = original
-            .unwrap_or_else(|| persistent("application/json"))
-            .with_delivery_mode(2);
-        let mut headers = props.headers().clone().unwrap_or_default();
-        let mut clean = FieldTable::default();
-        for (k, v) in headers.inner() {
-            // A replayed copy that fails again is not a replay any more.
-            if k.as_str() != REPLAY_HEADER {
-                clean.insert(k.clone(), v.clone());
-            }
-        }
-        headers = clean;
-        headers.insert("x-onboarding-error-kind".into(), lstr(reason.kind.as_str()));
-        headers.insert("x-onboarding-reason".into(), lstr(&reason.message));
-        headers.insert(
-            "x-onboarding-step".into(),
-            reason.step.as_deref().map(lstr).unwrap_or(AMQPValue::Void),
-        );
-        headers.insert(
-            "x-onboarding-failed-at".into(),
-            lstr(&crate::engine::wire::now_rfc3339()),
-        );
-        if let Some(id) = &reason.request_id {
-            headers.insert("request_id".into(), lstr(id));
-        }
-        props = props.with_headers(headers);
+            .and_then(|p| p.downcast_ref::<BasicProperties>());
+        let props = dead_properties(original, reason);
+        let _t = self.timer("dead");
         publish_confirmed(&self.channel, "", topology::DEAD_QUEUE, true, body, props).await
     }
+}
+
+/// The properties of a message's copy in `onboarding.dead`: the original's,
+/// persistent, with the reason in `x-onboarding-*` headers. The `request_id`
+/// header is the worker's (from the body), never the publisher's: a message
+/// whose body has no usable id has none, so `dead replay --request-id` cannot
+/// pick it up by an id its headers merely claim.
+///
+/// The publisher's other headers are kept unless they take more than
+/// [`DEAD_HEADER_BUDGET`] bytes: with the reason added, a header table that
+/// filled the publisher's frame would no longer fit one, the broker would close
+/// the worker's connection on the publish, and the message would come round
+/// again and again. Then they are dropped (the body is kept whole) and
+/// `x-onboarding-headers-dropped` says how many bytes went.
+pub fn dead_properties(original: Option<&BasicProperties>, reason: &DeadReason) -> BasicProperties {
+    let props = original
+        .cloned()
+        .unwrap_or_else(|| persistent("application/json"))
+        .with_delivery_mode(2);
+    let mut headers = FieldTable::default();
+    for (k, v) in props.headers().iter().flat_map(|h| h.inner()) {
+        // A replayed copy that fails again is not a replay any more.
+        if k.as_str() != REPLAY_HEADER && k.as_str() != "request_id" {
+            headers.insert(k.clone(), v.clone());
+        }
+    }
+    let kept = table_len(&headers);
+    if kept > DEAD_HEADER_BUDGET {
+        headers = FieldTable::default();
+        headers.insert(
+            "x-onboarding-headers-dropped".into(),
+            lstr(&format!(
+                "{kept} bytes of publisher headers, too many to fit one AMQP frame with the reason"
+            )),
+        );
+    }
+    headers.insert("x-onboarding-error-kind".into(), lstr(reason.kind.as_str()));
+    headers.insert("x-onboarding-reason".into(), lstr(&reason.message));
+    headers.insert(
+        "x-onboarding-step".into(),
+        reason.step.as_deref().map(lstr).unwrap_or(AMQPValue::Void),
+    );
+    headers.insert(
+        "x-onboarding-failed-at".into(),
+        lstr(&crate::engine::wire::now_rfc3339()),
+    );
+    if let Some(id) = &reason.request_id {
+        headers.insert("request_id".into(), lstr(id));
+    }
+    props.with_headers(headers)
+}
+
+/// Most bytes of a publisher's headers a dead copy keeps: half of RabbitMQ's
+/// default frame (128 KiB), leaving ample room for the properties and the reason.
+pub const DEAD_HEADER_BUDGET: usize = 64 * 1024;
+
+/// Encoded size of a header table (AMQP 0-9-1 field table, length prefix included).
+fn table_len(table: &FieldTable) -> usize {
+    4 + table
+        .inner()
+        .iter()
+        .map(|(k, v)| 1 + k.as_str().len() + 1 + value_len(v))
+        .sum::<usize>()
+}
+
+fn value_len(v: &AMQPValue) -> usize {
+    match v {
+        AMQPValue::Void => 0,
+        AMQPValue::Boolean(_) | AMQPValue::ShortShortInt(_) | AMQPValue::ShortShortUInt(_) => 1,
+        AMQPValue::ShortInt(_) | AMQPValue::ShortUInt(_) => 2,
+        AMQPValue::LongInt(_) | AMQPValue::LongUInt(_) | AMQPValue::Float(_) => 4,
+        AMQPValue::DecimalValue(_) => 5,
+        AMQPValue::LongLongInt(_) | AMQPValue::Double(_) | AMQPValue::Timestamp(_) => 8,
+        AMQPValue::ShortString(s) => 1 + s.as_str().len(),
+        AMQPValue::LongString(s) => 4 + s.len(),
+        AMQPValue::ByteArray(b) => 4 + b.len(),
+        AMQPValue::FieldArray(a) => {
+            4 + a.as_slice().iter().map(|v| 1 + value_len(v)).sum::<usize>()
+        }
+        AMQPValue::FieldTable(t) => table_len(t),
+    }
+}
+
+/// Whether a delivery carries `dead replay`'s mark (`true`, as a boolean or text).
+pub fn is_replay(props: &BasicProperties) -> bool {
+    props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(REPLAY_HEADER))
+        .is_some_and(|v| {
+            matches!(v, AMQPValue::Boolean(true))
+                || matches!(v, AMQPValue::LongString(s) if s.to_string() == "true")
+        })
 }
 
 /// Which queue a consumer reads.
@@ -299,11 +401,17 @@ async fn session(
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<(), BrokerError> {
-    let conn = connect(&settings.url, "onboarding-worker").await?;
+    let conn = connect(
+        &settings.url,
+        "onboarding-worker",
+        settings.tls_ca_file.as_deref(),
+    )
+    .await?;
     let setup = conn.create_channel().await?;
     topology::declare(&setup).await?;
     let publish = confirm_channel(&conn).await?;
-    let transport: Arc<dyn Transport> = Arc::new(AmqpTransport::new(publish.clone()));
+    let transport: Arc<dyn Transport> =
+        Arc::new(AmqpTransport::new(publish.clone(), metrics.clone()));
 
     let mut sources = vec![(
         Source::Requests,
@@ -392,15 +500,7 @@ async fn handle(
     engine: &Engine,
     transport: &dyn Transport,
 ) {
-    let replay = delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(REPLAY_HEADER).cloned())
-        .is_some_and(|v| {
-            matches!(v, AMQPValue::Boolean(true))
-                || matches!(&v, AMQPValue::LongString(s) if s.to_string() == "true")
-        });
+    let replay = is_replay(&delivery.properties);
     let props = OriginalProps(Some(Arc::new(delivery.properties.clone())));
     let incoming = Incoming {
         body: &delivery.data,

@@ -56,6 +56,7 @@ pub async fn run_plan(
                 attempt,
                 polls,
                 poll_state: poll_state.as_ref(),
+                possible_repeat: false,
             };
             match provider.run(&ctx).await {
                 Ok(StepOutcome::Done(done)) => {

@@ -7,6 +7,7 @@
 //! message (ledger record, next message, event) is recorded and confirmed; the
 //! caller acknowledges the message then, and not before.
 
+pub mod front_door;
 pub mod local;
 pub mod schedule;
 pub mod step;
@@ -142,22 +143,13 @@ impl Engine {
         t: &dyn Transport,
         msg: Incoming<'_>,
     ) -> Result<(), EngineError> {
-        let request = match wire::parse_request(msg.body, self.settings.max_body_bytes) {
-            Ok(r) => r,
-            Err(invalid) => return self.reject_invalid(t, &msg, invalid).await,
-        };
+        let (request, first) =
+            match front_door::front_door(msg.body, self.settings.max_body_bytes, &self.providers) {
+                Ok(admitted) => (admitted.request, admitted.first),
+                Err(invalid) => return self.reject_invalid(t, &msg, invalid).await,
+            };
         let span = tracing::info_span!("request", request_id = %request.request_id, provider = request.provider.as_str());
         async {
-            let provider = self.provider(request.provider);
-            if let Err(message) = provider.plan(request.operation, &request.input) {
-                let invalid = Invalid {
-                    request_id: Some(request.request_id.clone()),
-                    provider: Some(request.provider),
-                    operation: Some(request.operation),
-                    message,
-                };
-                return self.reject_invalid(t, &msg, invalid).await;
-            }
             if msg.replay {
                 if let Some(record) = self.ledger.redrive(&request.request_id).await? {
                     return self.resume_redrive(t, &request, record).await;
@@ -180,7 +172,6 @@ impl Engine {
             };
             match self.ledger.accept(&new).await? {
                 Accept::New { .. } => {
-                    let first = first_step(&request.request_id, request.provider);
                     let accepted = Event::new(
                         EventKind::Accepted,
                         Some(&request.request_id),
@@ -271,7 +262,16 @@ impl Engine {
         request: &wire::ValidRequest,
         record: RequestRecord,
     ) -> Result<(), EngineError> {
-        let index = record.current_index.unwrap_or(0).max(0) as u32;
+        // The first step not recorded: where it failed (or, for a running
+        // request, where it stands).
+        let plan = self
+            .provider(request.provider)
+            .plan(request.operation, &request.input)
+            .unwrap_or_default();
+        let index = plan
+            .iter()
+            .position(|s| !record.done_steps.contains(&s.ledger_key()))
+            .unwrap_or(plan.len()) as u32;
         info!(
             step = record.current_step.as_deref().unwrap_or("?"),
             "redrive: resuming from the step that failed"
@@ -286,6 +286,7 @@ impl Engine {
             poll_deadline_ms: None,
             poll_state: None,
             not_before_ms: None,
+            uncertain: false,
         };
         let accepted = Event::new(
             EventKind::Accepted,
@@ -312,24 +313,8 @@ impl Engine {
             bytes = msg.body.len(),
             "invalid request: to onboarding.dead"
         );
-        let event = Event::new(
-            EventKind::Failed,
-            invalid.request_id.as_deref(),
-            invalid.provider,
-            invalid.operation,
-        )
-        .failed(
-            ErrorKind::InvalidRequest,
-            None,
-            None,
-            invalid.message.clone(),
-        );
-        let reason = DeadReason {
-            request_id: invalid.request_id.clone(),
-            kind: ErrorKind::InvalidRequest,
-            step: None,
-            message: invalid.message,
-        };
+        let event = front_door::failed_event(&invalid);
+        let reason = front_door::dead_reason(&invalid);
         tokio::try_join!(
             t.publish_dead(msg.body, &msg.props, &reason),
             self.publish_event(t, &event)
@@ -434,12 +419,15 @@ impl Engine {
         let provider = self.provider(provider_id).clone();
         let owner = uuid::Uuid::new_v4().to_string();
         let lease = provider.call_timeout() + self.settings.lease_margin;
-        let record = match self
+        let (record, interrupted) = match self
             .ledger
             .claim(&m.request_id, m.seq, &owner, lease)
             .await?
         {
-            Claim::Granted(r) => *r,
+            Claim::Granted {
+                record,
+                interrupted,
+            } => (*record, interrupted),
             Claim::Stale => {
                 debug!("stale copy of a step message dropped");
                 self.metrics
@@ -471,6 +459,7 @@ impl Engine {
             m,
             owner,
             record,
+            interrupted,
         };
         run.go().await
     }
@@ -487,6 +476,7 @@ fn first_step(request_id: &str, provider: ProviderId) -> StepMessage {
         poll_deadline_ms: None,
         poll_state: None,
         not_before_ms: None,
+        uncertain: false,
     }
 }
 
@@ -499,6 +489,8 @@ struct StepRun<'a> {
     m: StepMessage,
     owner: String,
     record: RequestRecord,
+    /// A copy of this message died or stalled mid-step (its lease ran out).
+    interrupted: bool,
 }
 
 /// What a step came to, classified once.
@@ -515,6 +507,8 @@ enum Next {
         polls: u32,
         poll_deadline_ms: Option<i64>,
         poll_state: Option<Value>,
+        /// The call may have reached the provider (timed out or broke off).
+        uncertain: bool,
     },
     /// The request ends in `failed`.
     Fail {
@@ -611,6 +605,7 @@ impl StepRun<'_> {
                     poll_deadline_ms: None,
                     poll_state: None,
                     not_before_ms: None,
+                    uncertain: false,
                     ..self.m.clone()
                 };
                 tokio::try_join!(
@@ -629,10 +624,12 @@ impl StepRun<'_> {
                 polls,
                 poll_deadline_ms,
                 poll_state,
+                uncertain,
             } => {
                 let due = now_ms() + delay.as_millis() as i64;
                 let again = StepMessage {
                     seq: self.m.seq + 1,
+                    uncertain,
                     attempt,
                     polls,
                     poll_deadline_ms,
@@ -691,6 +688,7 @@ impl StepRun<'_> {
             attempt: self.m.attempt,
             polls: self.m.polls,
             poll_state: self.m.poll_state.as_ref(),
+            possible_repeat: self.interrupted || self.m.uncertain,
         };
         let gauge = self.engine.metrics.steps_in_flight.with_label_values(&[p]);
         gauge.inc();
@@ -703,6 +701,9 @@ impl StepRun<'_> {
             .with_label_values(&[p, step.name])
             .observe(started.elapsed().as_secs_f64());
         let outcome_label;
+        if ctx.possible_repeat {
+            self.note_possible_repeat(step, &result);
+        }
         let next = match result {
             Ok(StepOutcome::Done(done)) => {
                 outcome_label = "done";
@@ -757,6 +758,7 @@ impl StepRun<'_> {
                     polls: self.m.polls + 1,
                     poll_deadline_ms: Some(deadline),
                     poll_state: state,
+                    uncertain: false,
                 }
             }
             Err(StepError::Transient {
@@ -790,6 +792,14 @@ impl StepRun<'_> {
                         polls: self.m.polls,
                         poll_deadline_ms: self.m.poll_deadline_ms,
                         poll_state: self.m.poll_state.clone(),
+                        // The call may have reached the provider: it timed out, broke
+                        // off, or answered something unreadable after acting.
+                        uncertain: matches!(
+                            reason,
+                            RetryReason::Timeout
+                                | RetryReason::Connection
+                                | RetryReason::BadResponse
+                        ),
                     }
                 }
             }
@@ -815,6 +825,39 @@ impl StepRun<'_> {
         };
         self.count(step, outcome_label);
         next
+    }
+
+    /// A create that may have been made twice: the provider recognised its
+    /// own resource, or answered "already exists" (409/422), or made it afresh
+    /// (a one-shot step that succeeded: most providers cannot tell their own
+    /// from a new one, so the earlier attempt may have made one too). Counted
+    /// and logged; the README's guarantees section explains the window this
+    /// comes from.
+    fn note_possible_repeat(&self, step: &StepKey, result: &Result<StepOutcome, StepError>) {
+        let (counted, why) = match result {
+            Ok(StepOutcome::Done(done)) if done.repeat_detected => {
+                (true, "the provider already had it")
+            }
+            Ok(StepOutcome::Done(_)) if self.provider.poll_policy(step.name).is_none() => {
+                (true, "made afresh: the provider may now hold it twice")
+            }
+            Err(StepError::Rejected {
+                http_status: Some(409 | 422),
+                ..
+            }) => (true, "the provider already had it"),
+            _ => (false, ""),
+        };
+        if counted {
+            self.engine
+                .metrics
+                .create_repeats_total
+                .with_label_values(&[self.provider_id.as_str(), step.name])
+                .inc();
+            warn!(
+                step = step.name,
+                why, "a create was run again after an interrupted attempt"
+            );
+        }
     }
 
     fn count(&self, step: &StepKey, outcome: &str) {

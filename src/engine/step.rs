@@ -55,6 +55,12 @@ pub struct StepContext<'a> {
     pub polls: u32,
     /// Private state the previous "not yet" of this step asked to keep.
     pub poll_state: Option<&'a Value>,
+    /// An earlier attempt of this call may have reached the provider without
+    /// its answer being recorded (its worker died mid-step, or the call timed
+    /// out or broke off). A create may find its resource already there; a
+    /// provider that can recognise its own resource says so with
+    /// [`StepDone::repeat_detected`].
+    pub possible_repeat: bool,
 }
 
 /// A step that went as far as it could.
@@ -64,6 +70,9 @@ pub struct StepDone {
     pub outputs: Map<String, Value>,
     /// Merged into the request's private values (ledger only).
     pub secrets: Map<String, Value>,
+    /// The provider answered "already exists" to a possible repeat and the
+    /// resource was recognised as this request's own (counted in a metric).
+    pub repeat_detected: bool,
 }
 
 impl StepDone {

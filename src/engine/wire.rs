@@ -30,6 +30,9 @@ pub struct Invalid {
 /// the message readable.
 const MAX_DEPTH: usize = 64;
 
+/// The request_id rule as operators read it in a reason.
+const ID_RULE: &str = "request_id must be 1 to 128 characters of A-Z a-z 0-9 . _ : -";
+
 fn depth_ok(body: &[u8]) -> bool {
     // Count brackets outside strings; cheap and never recursive.
     let (mut depth, mut in_str, mut esc) = (0usize, false, false);
@@ -58,8 +61,120 @@ fn depth_ok(body: &[u8]) -> bool {
     true
 }
 
+/// "a number", "null", ...: what a value is, for "must be a string, not ..." reasons.
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The names of the top level's members, in order, duplicates kept (a
+/// `serde_json::Value` keeps only the last of two equal names).
+struct TopLevelNames(Vec<String>);
+
+impl<'de> Deserialize<'de> for TopLevelNames {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl<'de> serde::de::Visitor<'de> for Names {
+            type Value = TopLevelNames;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TopLevelNames, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    names.push(name);
+                }
+                Ok(TopLevelNames(names))
+            }
+        }
+        d.deserialize_map(Names)
+    }
+}
+
+/// The first top-level name given twice, if any.
+fn duplicate_name(body: &[u8]) -> Option<String> {
+    let names = serde_json::from_slice::<TopLevelNames>(body).ok()?.0;
+    let mut seen = std::collections::HashSet::new();
+    names.into_iter().find(|n| !seen.insert(n.clone()))
+}
+
+/// Why `id` breaks the request_id rule, in words; `None` when it keeps it.
+fn request_id_problem(id: &str) -> Option<String> {
+    if valid_request_id(id) {
+        return None;
+    }
+    let chars = id.chars().count();
+    let what = if chars == 0 {
+        "it is empty".to_string()
+    } else if chars > 128 {
+        format!("it is {chars} characters long")
+    } else {
+        let (at, c) = id
+            .chars()
+            .enumerate()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+            .map(|(i, c)| (i + 1, c))
+            .unwrap_or((1, '?'));
+        format!("character {at} is {}", describe_char(c))
+    };
+    Some(format!("{ID_RULE}; {what}"))
+}
+
+/// A character named so a reader can tell it from its look-alikes: `'/' (U+002F)`,
+/// `U+0430, not plain ASCII`, `U+0000, a control or invisible character`.
+fn describe_char(c: char) -> String {
+    let code = format!("U+{:04X}", c as u32);
+    if c.is_ascii_graphic() || c == ' ' {
+        format!("'{c}' ({code})")
+    } else if c.is_control() || is_invisible(c) {
+        format!("{code}, a control or invisible character")
+    } else {
+        format!("{code}, not plain ASCII")
+    }
+}
+
+/// Characters that change how text around them looks without showing themselves:
+/// zero-width and bidirectional marks, separators, the byte-order mark.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+}
+
+/// `"text"`, quoted for a reason: at most [`CLIP_CHARS`] characters of caller
+/// text, control and invisible characters dropped, and a note naming the first
+/// character outside plain ASCII, so "shаrespine" with a Cyrillic 'а' does not
+/// read as "sharespine".
+fn quote(s: &str) -> String {
+    let mut out = String::from('"');
+    for c in clip(s).chars() {
+        if matches!(c, '"' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    if let Some((at, c)) = s.chars().enumerate().find(|(_, c)| !c.is_ascii()) {
+        if at < CLIP_CHARS {
+            out.push_str(&format!(" (character {} is {})", at + 1, describe_char(c)));
+        }
+    }
+    out
+}
+
 /// Parses and checks a request body against CONTRACT §4, up to (not including)
-/// the provider's own input checks.
+/// the provider's own input checks. Reasons are short and quote caller text
+/// only clipped and cleaned (see [`quote`]).
 pub fn parse_request(body: &[u8], max_body_bytes: usize) -> Result<ValidRequest, Invalid> {
     let invalid = |request_id: Option<String>, message: String| Invalid {
         request_id,
@@ -80,6 +195,21 @@ pub fn parse_request(body: &[u8], max_body_bytes: usize) -> Result<ValidRequest,
             ),
         ));
     }
+    if body.starts_with(b"\xEF\xBB\xBF") {
+        return Err(invalid(
+            None,
+            "the body is not JSON: it starts with a UTF-8 byte-order mark".into(),
+        ));
+    }
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(invalid(
+            None,
+            format!(
+                "the body is not UTF-8 text (byte {} is not)",
+                e.valid_up_to() + 1
+            ),
+        ));
+    }
     if !depth_ok(body) {
         return Err(invalid(
             None,
@@ -87,84 +217,103 @@ pub fn parse_request(body: &[u8], max_body_bytes: usize) -> Result<ValidRequest,
         ));
     }
     let value: Value = serde_json::from_slice(body)
-        .map_err(|e| invalid(None, format!("the body is not JSON: {}", e)))?;
-    let Value::Object(obj) = value else {
-        return Err(invalid(None, "the body is not a JSON object".into()));
-    };
-    let request_id = match obj.get("request_id") {
-        Some(Value::String(s)) if valid_request_id(s) => s.clone(),
-        Some(Value::String(_)) => {
+        .map_err(|e| invalid(None, format!("the body is not JSON: {e}")))?;
+    let obj = match value {
+        Value::Object(obj) => obj,
+        other => {
             return Err(invalid(
                 None,
-                "request_id must be 1 to 128 characters of A-Z a-z 0-9 . _ : -".into(),
+                format!(
+                    "the body is JSON but not an object: it is {}",
+                    kind_of(&other)
+                ),
             ))
         }
-        Some(_) => return Err(invalid(None, "request_id must be a string".into())),
+    };
+    let duplicate = duplicate_name(body);
+    if duplicate.as_deref() == Some("request_id") {
+        return Err(invalid(None, "the body has request_id twice".into()));
+    }
+    let request_id = match obj.get("request_id") {
+        Some(Value::String(s)) => match request_id_problem(s) {
+            None => s.clone(),
+            Some(problem) => return Err(invalid(None, problem)),
+        },
+        Some(other) => {
+            return Err(invalid(
+                None,
+                format!("request_id must be a string, not {}", kind_of(other)),
+            ))
+        }
         None => return Err(invalid(None, "request_id is missing".into())),
     };
     let rid = Some(request_id.clone());
+    if let Some(name) = duplicate {
+        return Err(invalid(rid, format!("the body has {} twice", quote(&name))));
+    }
     let provider = match obj.get("provider") {
         Some(Value::String(s)) => ProviderId::parse(s).ok_or_else(|| {
             invalid(
                 rid.clone(),
                 format!(
-                    "unknown provider {:?}: expected magento_bi, computestacks or sharespine",
-                    clip(s)
+                    "unknown provider {}: expected magento_bi, computestacks or sharespine",
+                    quote(s)
                 ),
             )
         })?,
-        Some(_) => return Err(invalid(rid, "provider must be a string".into())),
+        Some(other) => {
+            return Err(invalid(
+                rid,
+                format!("provider must be a string, not {}", kind_of(other)),
+            ))
+        }
         None => return Err(invalid(rid, "provider is missing".into())),
+    };
+    let with_provider = |operation: Option<Operation>, message: String| Invalid {
+        request_id: rid.clone(),
+        provider: Some(provider),
+        operation,
+        message,
     };
     let operation = match obj.get("operation") {
         None | Some(Value::Null) => Operation::Onboard,
-        Some(Value::String(s)) => Operation::parse(s).ok_or_else(|| Invalid {
-            request_id: rid.clone(),
-            provider: Some(provider),
-            operation: None,
-            message: format!(
-                "unknown operation {:?}: expected onboard or login_url",
-                clip(s)
-            ),
+        Some(Value::String(s)) => Operation::parse(s).ok_or_else(|| {
+            with_provider(
+                None,
+                format!(
+                    "unknown operation {}: expected onboard or login_url",
+                    quote(s)
+                ),
+            )
         })?,
-        Some(_) => {
-            return Err(Invalid {
-                request_id: rid,
-                provider: Some(provider),
-                operation: None,
-                message: "operation must be a string".into(),
-            })
+        Some(other) => {
+            return Err(with_provider(
+                None,
+                format!("operation must be a string, not {}", kind_of(other)),
+            ))
         }
     };
     let input = match obj.get("input") {
         Some(v @ Value::Object(_)) => v.clone(),
-        Some(_) => {
-            return Err(Invalid {
-                request_id: rid,
-                provider: Some(provider),
-                operation: Some(operation),
-                message: "input must be an object".into(),
-            })
+        Some(other) => {
+            return Err(with_provider(
+                Some(operation),
+                format!("input must be an object, not {}", kind_of(other)),
+            ))
         }
-        None => {
-            return Err(Invalid {
-                request_id: rid,
-                provider: Some(provider),
-                operation: Some(operation),
-                message: "input is missing".into(),
-            })
-        }
+        None => return Err(with_provider(Some(operation), "input is missing".into())),
     };
     let return_credentials = match obj.get("return_credentials") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(Invalid {
-                request_id: rid,
-                provider: Some(provider),
-                operation: Some(operation),
-                message: "return_credentials must be true or false".into(),
-            })
+        Some(other) => {
+            return Err(with_provider(
+                Some(operation),
+                format!(
+                    "return_credentials must be true or false, not {}",
+                    kind_of(other)
+                ),
+            ))
         }
     };
     Ok(ValidRequest {
@@ -176,9 +325,18 @@ pub fn parse_request(body: &[u8], max_body_bytes: usize) -> Result<ValidRequest,
     })
 }
 
-/// Quotes at most 64 characters of caller text in a message.
-fn clip(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(64).collect()
+/// The most characters of caller text a reason quotes.
+const CLIP_CHARS: usize = 64;
+
+/// At most [`CLIP_CHARS`] characters of caller text, without control or
+/// invisible characters; `…` marks a cut.
+pub fn clip(s: &str) -> String {
+    let mut kept = s.chars().filter(|c| !c.is_control() && !is_invisible(*c));
+    let mut out: String = kept.by_ref().take(CLIP_CHARS).collect();
+    if kept.next().is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// The internal message that carries a request from one step to the next.
@@ -200,11 +358,27 @@ pub struct StepMessage {
     /// When this poll step times out (ms since epoch), fixed at its first poll.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poll_deadline_ms: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `Some(null)` stays `Some(null)` through a round trip: a provider's state
+    /// is handed back exactly as it was kept.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_value"
+    )]
     pub poll_state: Option<Value>,
     /// Not to be run before this (ms since epoch); a delay tier may deliver early.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before_ms: Option<i64>,
+    /// The previous attempt timed out or broke off after the call was sent:
+    /// the provider may have acted on it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uncertain: bool,
+}
+
+/// A member that is there is `Some`, even when it is `null` (serde's `Option`
+/// would read `null` as absent).
+fn present_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 impl StepMessage {
@@ -323,7 +497,7 @@ mod tests {
         check(ok, Ok(()), "operation defaults to onboard");
         check("", Err("no body"), "empty body");
         check("not json", Err("not JSON"), "not JSON");
-        check("[1,2]", Err("not a JSON object"), "an array");
+        check("[1,2]", Err("not an object: it is an array"), "an array");
         check(
             r#"{"provider":"sharespine","input":{}}"#,
             Err("request_id is missing"),
@@ -403,10 +577,214 @@ mod tests {
             poll_deadline_ms: Some(5),
             poll_state: None,
             not_before_ms: None,
+            uncertain: false,
         };
         assert_eq!(
             serde_json::from_slice::<StepMessage>(&m.to_bytes()).unwrap(),
             m
         );
+    }
+}
+
+/// Property tests: the request_id rule through [`parse_request`], and the
+/// round trips of the step message and the event (serialise, parse, same value).
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// Regexes of runs of allowed characters.
+    const VALID_ID: &str = "[A-Za-z0-9._:-]{1,128}";
+    const UP_TO_60: &str = "[A-Za-z0-9._:-]{0,60}";
+    const TOO_LONG: &str = "[A-Za-z0-9._:-]{129,400}";
+
+    fn request_with_id(id: &Value) -> Vec<u8> {
+        json!({"request_id": id, "provider": "sharespine", "input": {"tenant": {"customerReference": "x"}}})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn parse(id: &str) -> Result<ValidRequest, Invalid> {
+        parse_request(&request_with_id(&json!(id)), 1 << 20)
+    }
+
+    /// A character the rule does not allow: ASCII punctuation, space, control,
+    /// invisible, look-alike or any other code point.
+    fn outside_the_set() -> impl Strategy<Value = char> {
+        prop_oneof![
+            prop::sample::select(vec![
+                ' ', '/', '\\', '"', '\'', '#', '%', '+', '=', '@', '*', '\0', '\t', '\n',
+                '\u{7f}', '\u{200b}', '\u{202e}', '\u{feff}', 'а', 'е', 'о', 'і', 'ѕ', 'ｓ', 'ß',
+                'é',
+            ]),
+            any::<char>(),
+        ]
+        .prop_filter("outside A-Z a-z 0-9 . _ : -", |c| {
+            !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+        })
+    }
+
+    /// Any JSON value, a few levels deep. Floats have at most 15 significant
+    /// digits: serde_json without its `float_roundtrip` feature may read an
+    /// arbitrary f64 back one ulp off (proptest found -3.2966300866829935e-147),
+    /// which these round trips would report; values providers return (ids,
+    /// amounts, flags) are far from that.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
+            (-999_999_999_999i64..999_999_999_999, 0u32..6)
+                .prop_map(|(n, scale)| json!(n as f64 / 10f64.powi(scale as i32))),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(any::<String>(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn json_map() -> impl Strategy<Value = Map<String, Value>> {
+        prop::collection::btree_map(any::<String>(), json_value(), 0..6)
+            .prop_map(|m| m.into_iter().collect())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn a_request_id_of_the_allowed_characters_is_accepted(
+            id in VALID_ID
+        ) {
+            let request = parse(&id).map_err(|e| TestCaseError::fail(e.message))?;
+            prop_assert_eq!(request.request_id, id);
+        }
+
+        #[test]
+        fn a_request_id_with_one_character_outside_the_set_is_refused(
+            before in UP_TO_60,
+            bad in outside_the_set(),
+            after in UP_TO_60,
+        ) {
+            let id = format!("{before}{bad}{after}");
+            let e = parse(&id).unwrap_err();
+            prop_assert_eq!(e.request_id, None, "an unusable id is not kept");
+            prop_assert!(e.message.contains("1 to 128 characters"), "{}", e.message);
+            let at = format!("character {} is", before.chars().count() + 1);
+            prop_assert!(e.message.contains(&at), "{} lacks {}", e.message, at);
+            prop_assert!(!e.message.chars().any(char::is_control), "{:?}", e.message);
+            prop_assert!(after.len() < 8 || !e.message.contains(&after), "no echo: {}", e.message);
+        }
+
+        #[test]
+        fn a_request_id_longer_than_128_is_refused(
+            id in TOO_LONG
+        ) {
+            let e = parse(&id).unwrap_err();
+            prop_assert_eq!(e.request_id, None);
+            let len = format!("it is {} characters long", id.len());
+            prop_assert!(e.message.contains(&len), "{}", e.message);
+            prop_assert!(!e.message.contains(&id[..129]), "no echo: {}", e.message);
+        }
+
+        #[test]
+        fn a_request_id_that_is_not_a_string_is_refused(id in json_value()) {
+            prop_assume!(!id.is_string());
+            let e = parse_request(&request_with_id(&id), 1 << 20).unwrap_err();
+            prop_assert!(e.message.starts_with("request_id must be a string, not "), "{}", e.message);
+        }
+
+        #[test]
+        fn any_string_request_id_is_taken_exactly_when_the_rule_allows_it(id in any::<String>()) {
+            let verdict = parse(&id);
+            prop_assert_eq!(verdict.is_ok(), valid_request_id(&id));
+            if let Err(e) = verdict {
+                prop_assert!(e.message.chars().count() < 200, "short: {}", e.message);
+                prop_assert!(!e.message.chars().any(char::is_control), "{:?}", e.message);
+            }
+        }
+
+        #[test]
+        fn a_step_message_round_trips(
+            request_id in VALID_ID,
+            provider in "[a-z_]{1,16}",
+            seq in any::<i64>(),
+            step in any::<u32>(),
+            attempt in any::<u32>(),
+            polls in any::<u32>(),
+            poll_deadline_ms in any::<Option<i64>>(),
+            poll_state in prop::option::of(json_value()),
+            not_before_ms in any::<Option<i64>>(),
+            uncertain in any::<bool>(),
+        ) {
+            let m = StepMessage {
+                request_id, provider, seq, step, attempt, polls,
+                poll_deadline_ms, poll_state, not_before_ms, uncertain,
+            };
+            let back: StepMessage = serde_json::from_slice(&m.to_bytes()).unwrap();
+            prop_assert_eq!(back, m);
+        }
+
+        #[test]
+        fn an_event_round_trips(
+            event in prop::sample::select(vec!["accepted", "step_completed", "completed", "failed"]),
+            request_id in prop::option::of(any::<String>()),
+            provider in prop::option::of(any::<String>()),
+            operation in prop::option::of(any::<String>()),
+            occurred_at in any::<String>(),
+            duration_ms in any::<i64>(),
+            step in prop::option::of(any::<String>()),
+            step_index in any::<Option<u32>>(),
+            outputs in json_map(),
+            error in prop::option::of((
+                any::<String>(),
+                prop::option::of(any::<String>()),
+                any::<Option<u16>>(),
+                any::<String>(),
+            )),
+        ) {
+            let e = Event {
+                event: event.to_string(), request_id, provider, operation, occurred_at,
+                duration_ms, step, step_index, outputs,
+                error: error.map(|(kind, step, http_status, message)| EventError {
+                    kind, step, http_status, message,
+                }),
+            };
+            let back: Event = serde_json::from_slice(&e.to_bytes()).unwrap();
+            prop_assert_eq!(back, e);
+        }
+    }
+
+    #[test]
+    fn an_empty_request_id_is_refused() {
+        let e = parse("").unwrap_err();
+        assert!(e.message.contains("it is empty"), "{}", e.message);
+        assert_eq!(e.request_id, None);
+    }
+
+    #[test]
+    fn a_poll_state_of_null_stays_null() {
+        let m = StepMessage {
+            request_id: "r".into(),
+            provider: "magento_bi".into(),
+            seq: 1,
+            step: 1,
+            attempt: 0,
+            polls: 1,
+            poll_deadline_ms: None,
+            poll_state: Some(Value::Null),
+            not_before_ms: None,
+            uncertain: false,
+        };
+        let back: StepMessage = serde_json::from_slice(&m.to_bytes()).unwrap();
+        assert_eq!(back.poll_state, Some(Value::Null));
+        let absent: StepMessage =
+            serde_json::from_str(r#"{"request_id":"r","provider":"p","seq":0,"step":0}"#).unwrap();
+        assert_eq!(absent.poll_state, None);
     }
 }

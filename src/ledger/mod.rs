@@ -15,6 +15,7 @@ pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
+pub mod timed;
 
 use std::time::Duration;
 
@@ -109,8 +110,13 @@ pub enum Accept {
 /// What `claim` found for a step message with sequence number `seq`.
 #[derive(Debug)]
 pub enum Claim {
-    /// The lease is ours until released or expired.
-    Granted(Box<RequestRecord>),
+    /// The lease is ours until released or expired. `interrupted`: a copy of
+    /// this message held the lease and let it run out unreleased (its worker
+    /// died or stalled mid-step), so its provider call may have been made.
+    Granted {
+        record: Box<RequestRecord>,
+        interrupted: bool,
+    },
     /// A newer step message was already published: this copy is superseded.
     Stale,
     /// Another copy holds the lease until then (ms since epoch).

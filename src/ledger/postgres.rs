@@ -257,7 +257,11 @@ impl Ledger for PostgresLedger {
         let holder: Option<String> = row.try_get("lease_owner")?;
         let until: Option<i64> = row.try_get("lease_until")?;
         let held_seq: Option<i64> = row.try_get("lease_seq")?;
+        let mut interrupted = false;
         if let (Some(holder), Some(until)) = (holder, until) {
+            // The lease of a copy of this same message (or a newer one) ran
+            // out unreleased: its worker died or stalled mid-step.
+            interrupted = holder != owner && until <= now && seq <= held_seq.unwrap_or(i64::MAX);
             // A newer message is the holder's own successor (published only
             // after the holder's provider work was recorded): it takes over.
             if holder != owner && until > now && seq <= held_seq.unwrap_or(i64::MAX) {
@@ -282,7 +286,10 @@ impl Ledger for PostgresLedger {
             .await?
             .ok_or(sqlx::Error::RowNotFound)?;
         tx.commit().await?;
-        Ok(Claim::Granted(Box::new(record)))
+        Ok(Claim::Granted {
+            record: Box::new(record),
+            interrupted,
+        })
     }
 
     async fn record_step(

@@ -1,9 +1,12 @@
 //! SQLite ledger: one file shared by every worker process on a host.
 //!
 //! WAL journal (readers don't block the writer), `synchronous = NORMAL` (safe
-//! under WAL), a busy timeout, and `BEGIN IMMEDIATE` for every write
-//! transaction: deferred transactions that upgrade to a write lock fail at once
-//! with "database is locked" when several processes share the file.
+//! under WAL) and a busy timeout. Every write is a single statement (claims
+//! decide and take the lease in one `UPDATE ... RETURNING`): a deferred
+//! transaction that reads and then upgrades to a write lock fails at once with
+//! "database is locked" when several processes share the file, and one
+//! statement is one round trip to SQLite's thread. Schema changes run in a
+//! `BEGIN IMMEDIATE` transaction.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -16,7 +19,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    merged, now_ms, parse_map, Accept, Claim, Finish, Ledger, LedgerError, NewRequest, Progress,
+    now_ms, parse_map, Accept, Claim, Finish, Ledger, LedgerError, NewRequest, Progress,
     RequestRecord, Status,
 };
 
@@ -51,11 +54,19 @@ const SCHEMA: &[&str] = &[
 
 /// Changes after the first schema, applied once each in order; the file's
 /// `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &["ALTER TABLE requests ADD COLUMN lease_seq INTEGER"];
+const MIGRATIONS: &[&str] = &[
+    "ALTER TABLE requests ADD COLUMN lease_seq INTEGER",
+    // Set by a claim that found an unreleased, expired lease of the same message.
+    "ALTER TABLE requests ADD COLUMN lease_interrupted INTEGER NOT NULL DEFAULT 0",
+    // Private values now live with the step that produced them (as outputs do),
+    // so recording a step is one INSERT.
+    "ALTER TABLE steps ADD COLUMN secrets TEXT NOT NULL DEFAULT '{}'",
+];
 
-const SELECT_REQUEST: &str = "SELECT request_id, provider, operation, body, status, cursor, lease_owner, lease_until, lease_seq,
-    outputs, secrets, current_step, current_index, waiting_until, final_event, accepted_at, updated_at
-    FROM requests WHERE request_id = ?";
+/// Every column a [`RequestRecord`] is built from (`requests.outputs` and
+/// `.secrets` are no longer written: outputs are merged from `steps`).
+const REQUEST_COLUMNS: &str = "request_id, provider, operation, body, status, cursor, lease_owner, lease_until,
+    lease_seq, lease_interrupted, current_step, current_index, waiting_until, final_event, accepted_at, updated_at";
 
 pub struct SqliteLedger {
     pool: SqlitePool,
@@ -110,37 +121,73 @@ impl SqliteLedger {
         })
     }
 
-    async fn done_steps(
-        &self,
-        conn: &mut sqlx::SqliteConnection,
-        request_id: &str,
-    ) -> Result<Vec<String>, LedgerError> {
-        let rows =
-            sqlx::query("SELECT step_key FROM steps WHERE request_id = ? ORDER BY completed_at")
-                .bind(request_id)
-                .fetch_all(conn)
-                .await?;
-        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+    /// The steps recorded for a request, in the order they were recorded.
+    async fn steps(&self, request_id: &str) -> Result<Vec<SqliteRow>, LedgerError> {
+        Ok(sqlx::query(
+            "SELECT step_key, outputs, secrets FROM steps WHERE request_id = ? ORDER BY completed_at, rowid",
+        )
+        .bind(request_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn record(&self, row: &SqliteRow) -> Result<RequestRecord, LedgerError> {
+        let request_id: String = row.try_get("request_id")?;
+        let steps = self.steps(&request_id).await?;
+        record_from(row, &steps)
     }
 }
 
-fn record_from(row: &SqliteRow, done_steps: Vec<String>) -> Result<RequestRecord, LedgerError> {
+/// The request's steps as one JSON array of `[step_key, outputs, secrets]`, in
+/// the order they were recorded: lets a claim return everything in one statement.
+const STEPS_JSON: &str = "(SELECT json_group_array(json_array(s.step_key, s.outputs, s.secrets)) FROM
+    (SELECT step_key, outputs, secrets FROM steps WHERE request_id = requests.request_id ORDER BY completed_at, rowid) AS s)
+    AS steps_json";
+
+/// A record from a row that carries `steps_json`.
+fn record_from_json(row: &SqliteRow) -> Result<RequestRecord, LedgerError> {
+    let request_id: String = row.try_get("request_id")?;
+    let text: String = row.try_get("steps_json")?;
+    let corrupt = |message: String| LedgerError::Corrupt {
+        request_id: request_id.clone(),
+        message,
+    };
+    let steps: Vec<(String, String, String)> =
+        serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+    let mut record = record_from(row, &[])?;
+    for (key, outputs, secrets) in steps {
+        record.done_steps.push(key);
+        record.outputs.extend(parse_map(&request_id, &outputs)?);
+        record.secrets.extend(parse_map(&request_id, &secrets)?);
+    }
+    Ok(record)
+}
+
+/// A request's record: its row, with outputs and private values merged from
+/// its steps in the order they were recorded (a later step's key wins).
+fn record_from(row: &SqliteRow, steps: &[SqliteRow]) -> Result<RequestRecord, LedgerError> {
     let request_id: String = row.try_get("request_id")?;
     let status: String = row.try_get("status")?;
     let status = Status::parse(&status).ok_or_else(|| LedgerError::Corrupt {
         request_id: request_id.clone(),
         message: format!("status {status:?}"),
     })?;
-    let outputs: String = row.try_get("outputs")?;
-    let secrets: String = row.try_get("secrets")?;
+    let mut outputs = Map::new();
+    let mut secrets = Map::new();
+    let mut done_steps = Vec::with_capacity(steps.len());
+    for step in steps {
+        done_steps.push(step.try_get::<String, _>(0)?);
+        outputs.extend(parse_map(&request_id, &step.try_get::<String, _>(1)?)?);
+        secrets.extend(parse_map(&request_id, &step.try_get::<String, _>(2)?)?);
+    }
     Ok(RequestRecord {
         provider: row.try_get("provider")?,
         operation: row.try_get("operation")?,
         body: row.try_get("body")?,
         status,
         cursor: row.try_get("cursor")?,
-        outputs: parse_map(&request_id, &outputs)?,
-        secrets: parse_map(&request_id, &secrets)?,
+        outputs,
+        secrets,
         done_steps,
         current_step: row.try_get("current_step")?,
         current_index: row.try_get("current_index")?,
@@ -152,39 +199,38 @@ fn record_from(row: &SqliteRow, done_steps: Vec<String>) -> Result<RequestRecord
     })
 }
 
+// Every write below is a single statement (its own transaction): one round
+// trip to SQLite's thread, the write lock held for one statement only.
 #[async_trait]
 impl Ledger for SqliteLedger {
     async fn accept(&self, request: &NewRequest) -> Result<Accept, LedgerError> {
         let now = now_ms();
-        let _writer = self.write.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let inserted = sqlx::query(
-            "INSERT INTO requests (request_id, provider, operation, body, status, cursor, accepted_at, updated_at)
-             VALUES (?, ?, ?, ?, 'running', 0, ?, ?) ON CONFLICT (request_id) DO NOTHING",
-        )
-        .bind(&request.request_id)
-        .bind(&request.provider)
-        .bind(&request.operation)
-        .bind(&request.body)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let result = if inserted == 1 {
-            Accept::New {
-                accepted_at_ms: now,
-            }
-        } else {
-            let row = sqlx::query(SELECT_REQUEST)
-                .bind(&request.request_id)
-                .fetch_one(&mut *tx)
-                .await?;
-            let done = self.done_steps(&mut tx, &request.request_id).await?;
-            Accept::Existing(Box::new(record_from(&row, done)?))
+        let inserted = {
+            let _writer = self.write.lock().await;
+            sqlx::query(
+                "INSERT INTO requests (request_id, provider, operation, body, status, cursor, accepted_at, updated_at)
+                 VALUES (?, ?, ?, ?, 'running', 0, ?, ?) ON CONFLICT (request_id) DO NOTHING",
+            )
+            .bind(&request.request_id)
+            .bind(&request.provider)
+            .bind(&request.operation)
+            .bind(&request.body)
+            .bind(now)
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
         };
-        tx.commit().await?;
-        Ok(result)
+        if inserted == 1 {
+            return Ok(Accept::New {
+                accepted_at_ms: now,
+            });
+        }
+        let record = self
+            .get(&request.request_id)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        Ok(Accept::Existing(Box::new(record)))
     }
 
     async fn claim(
@@ -195,46 +241,55 @@ impl Ledger for SqliteLedger {
         lease: Duration,
     ) -> Result<Claim, LedgerError> {
         let now = now_ms();
-        let _writer = self.write.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let Some(row) = sqlx::query(SELECT_REQUEST)
+        // Granted when not stale and the lease is free, expired, ours, or held
+        // for an older message (whose successor this is). Every SET expression
+        // reads the row as it was before the statement.
+        let granted = {
+            let _writer = self.write.lock().await;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE requests SET
+                   lease_interrupted = (lease_owner IS NOT NULL AND lease_owner <> ?2 AND lease_until <= ?3
+                                        AND ?1 <= COALESCE(lease_seq, 9223372036854775807)),
+                   lease_owner = ?2, lease_until = ?4, lease_seq = ?1, cursor = MAX(cursor, ?1),
+                   waiting_until = NULL, updated_at = ?3
+                 WHERE request_id = ?5 AND cursor <= ?1
+                   AND NOT (lease_owner IS NOT NULL AND lease_owner <> ?2 AND lease_until > ?3
+                            AND ?1 <= COALESCE(lease_seq, 9223372036854775807))
+                 RETURNING {REQUEST_COLUMNS}, {STEPS_JSON}"
+            )))
+            .bind(seq)
+            .bind(owner)
+            .bind(now)
+            .bind(now + lease.as_millis() as i64)
             .bind(request_id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&self.pool)
             .await?
+        };
+        if let Some(row) = granted {
+            let interrupted: bool = row.try_get("lease_interrupted")?;
+            let record = record_from_json(&row)?;
+            return Ok(Claim::Granted {
+                record: Box::new(record),
+                interrupted,
+            });
+        }
+        // Not granted: find out why (the rare path).
+        let Some(row) =
+            sqlx::query("SELECT cursor, lease_until FROM requests WHERE request_id = ?")
+                .bind(request_id)
+                .fetch_optional(&self.pool)
+                .await?
         else {
-            tx.rollback().await?;
             return Ok(Claim::Unknown);
         };
-        let cursor: i64 = row.try_get("cursor")?;
+        let cursor: i64 = row.try_get(0)?;
         if seq < cursor {
-            tx.rollback().await?;
             return Ok(Claim::Stale);
         }
-        let holder: Option<String> = row.try_get("lease_owner")?;
-        let until: Option<i64> = row.try_get("lease_until")?;
-        let held_seq: Option<i64> = row.try_get("lease_seq")?;
-        if let (Some(holder), Some(until)) = (holder, until) {
-            // A newer message is the holder's own successor (published only
-            // after the holder's provider work was recorded): it takes over.
-            if holder != owner && until > now && seq <= held_seq.unwrap_or(i64::MAX) {
-                tx.rollback().await?;
-                return Ok(Claim::Busy { until_ms: until });
-            }
-        }
-        sqlx::query(
-            "UPDATE requests SET lease_owner = ?, lease_until = ?, lease_seq = ?3, cursor = MAX(cursor, ?3)
-             WHERE request_id = ?4",
-        )
-            .bind(owner)
-            .bind(now + lease.as_millis() as i64)
-            .bind(seq)
-            .bind(request_id)
-            .execute(&mut *tx)
-            .await?;
-        let done = self.done_steps(&mut tx, request_id).await?;
-        let record = record_from(&row, done)?;
-        tx.commit().await?;
-        Ok(Claim::Granted(Box::new(record)))
+        let until: Option<i64> = row.try_get(1)?;
+        Ok(Claim::Busy {
+            until_ms: until.unwrap_or(now),
+        })
     }
 
     async fn record_step(
@@ -247,51 +302,26 @@ impl Ledger for SqliteLedger {
     ) -> Result<(), LedgerError> {
         let now = now_ms();
         let _writer = self.write.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let inserted = sqlx::query(
-            "INSERT INTO steps (request_id, step_key, outputs, completed_at) VALUES (?, ?, ?, ?)
+        // What makes the step never called again. Progress is not written here:
+        // the next claim clears any wait, and `status` derives the next step
+        // from the plan and the steps recorded.
+        let _ = progress;
+        sqlx::query(
+            "INSERT INTO steps (request_id, step_key, outputs, secrets, completed_at) VALUES (?, ?, ?, ?, ?)
              ON CONFLICT (request_id, step_key) DO NOTHING",
         )
         .bind(request_id)
         .bind(step_key)
         .bind(Value::Object(outputs.clone()).to_string())
+        .bind(Value::Object(secrets.clone()).to_string())
         .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let row = sqlx::query("SELECT outputs, secrets FROM requests WHERE request_id = ?")
-            .bind(request_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let (mut new_outputs, mut new_secrets): (String, String) =
-            (row.try_get(0)?, row.try_get(1)?);
-        if inserted == 1 {
-            new_outputs = merged(request_id, &new_outputs, outputs)?;
-            new_secrets = merged(request_id, &new_secrets, secrets)?;
-        }
-        sqlx::query(
-            "UPDATE requests SET outputs = ?, secrets = ?, updated_at = ?,
-               current_step = CASE WHEN status = 'running' THEN COALESCE(?, current_step) ELSE current_step END,
-               current_index = CASE WHEN status = 'running' THEN COALESCE(?, current_index) ELSE current_index END,
-               waiting_until = CASE WHEN status = 'running' THEN ? ELSE waiting_until END
-             WHERE request_id = ?",
-        )
-        .bind(new_outputs)
-        .bind(new_secrets)
-        .bind(now)
-        .bind(&progress.current_step)
-        .bind(progress.current_index)
-        .bind(progress.waiting_until_ms)
-        .bind(request_id)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
     async fn finish(&self, request_id: &str, finish: &Finish) -> Result<(), LedgerError> {
         let _writer = self.write.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "UPDATE requests SET status = ?, final_event = ?, current_step = ?, current_index = ?,
              waiting_until = NULL, updated_at = ? WHERE request_id = ?",
@@ -302,9 +332,8 @@ impl Ledger for SqliteLedger {
         .bind(finish.index)
         .bind(now_ms())
         .bind(request_id)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -316,7 +345,6 @@ impl Ledger for SqliteLedger {
         progress: &Progress,
     ) -> Result<(), LedgerError> {
         let _writer = self.write.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "UPDATE requests SET cursor = MAX(cursor, ?1),
                lease_until = CASE WHEN lease_owner = ?2 THEN NULL ELSE lease_until END,
@@ -334,49 +362,50 @@ impl Ledger for SqliteLedger {
         .bind(progress.waiting_until_ms)
         .bind(now_ms())
         .bind(request_id)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
     async fn redrive(&self, request_id: &str) -> Result<Option<RequestRecord>, LedgerError> {
-        let _writer = self.write.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let changed = sqlx::query(
-            "UPDATE requests SET status = 'running', final_event = NULL, lease_owner = NULL, lease_until = NULL,
-             updated_at = ? WHERE request_id = ? AND status = 'failed'",
-        )
-        .bind(now_ms())
-        .bind(request_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let result = if changed == 1 {
-            let row = sqlx::query(SELECT_REQUEST)
-                .bind(request_id)
-                .fetch_one(&mut *tx)
-                .await?;
-            let done = self.done_steps(&mut tx, request_id).await?;
-            Some(record_from(&row, done)?)
-        } else {
-            None
+        let row = {
+            let _writer = self.write.lock().await;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE requests SET status = 'running', final_event = NULL, lease_owner = NULL, lease_until = NULL,
+                 updated_at = ? WHERE request_id = ? AND status = 'failed' RETURNING {REQUEST_COLUMNS}"
+            )))
+            .bind(now_ms())
+            .bind(request_id)
+            .fetch_optional(&self.pool)
+            .await?
         };
-        tx.commit().await?;
-        Ok(result)
+        match row {
+            Some(row) => Ok(Some(self.record(&row).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn get(&self, request_id: &str) -> Result<Option<RequestRecord>, LedgerError> {
-        let mut conn = self.pool.acquire().await?;
-        let Some(row) = sqlx::query(SELECT_REQUEST)
-            .bind(request_id)
-            .fetch_optional(&mut *conn)
-            .await?
+        // One read transaction, so the request and its steps agree.
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = ?"
+        )))
+        .bind(request_id)
+        .fetch_optional(&mut *tx)
+        .await?
         else {
+            tx.rollback().await?;
             return Ok(None);
         };
-        let done = self.done_steps(&mut conn, request_id).await?;
-        Ok(Some(record_from(&row, done)?))
+        let steps = sqlx::query(
+            "SELECT step_key, outputs, secrets FROM steps WHERE request_id = ? ORDER BY completed_at, rowid",
+        )
+        .bind(request_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        Ok(Some(record_from(&row, &steps)?))
     }
 
     async fn counts(&self) -> Result<(i64, i64), LedgerError> {

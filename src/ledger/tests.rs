@@ -188,6 +188,7 @@ ledger_tests! {
         an_unknown_request_is_unknown_everywhere,
         an_older_step_message_is_stale_once_the_cursor_moved_on,
         claiming_a_newer_message_makes_older_copies_stale,
+        an_expired_unreleased_lease_marks_the_next_claim_interrupted,
         a_late_advance_does_not_overwrite_newer_progress,
         a_held_lease_makes_a_second_copy_wait_until_it_expires,
         a_released_lease_lets_the_next_copy_in_at_once,
@@ -331,7 +332,7 @@ async fn an_older_step_message_is_stale_once_the_cursor_moved_on(s: Store) {
     l.accept(&req("r1")).await.unwrap();
     assert!(matches!(
         l.claim("r1", 0, "a", Duration::from_secs(5)).await.unwrap(),
-        Claim::Granted(_)
+        Claim::Granted { .. }
     ));
     l.advance("r1", "a", 1, &Progress::default()).await.unwrap();
     assert!(matches!(
@@ -340,7 +341,7 @@ async fn an_older_step_message_is_stale_once_the_cursor_moved_on(s: Store) {
     ));
     assert!(matches!(
         l.claim("r1", 1, "b", Duration::from_secs(5)).await.unwrap(),
-        Claim::Granted(_)
+        Claim::Granted { .. }
     ));
     // The cursor never goes back.
     l.advance("r1", "b", 0, &Progress::default()).await.unwrap();
@@ -354,7 +355,7 @@ async fn a_held_lease_makes_a_second_copy_wait_until_it_expires(s: Store) {
     let before = now_ms();
     assert!(matches!(
         l.claim("r1", 0, "a", lease).await.unwrap(),
-        Claim::Granted(_)
+        Claim::Granted { .. }
     ));
     let after = now_ms();
     let until = match l.claim("r1", 0, "b", lease).await.unwrap() {
@@ -369,7 +370,7 @@ async fn a_held_lease_makes_a_second_copy_wait_until_it_expires(s: Store) {
     tokio::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
     assert!(matches!(
         l.claim("r1", 0, "b", lease).await.unwrap(),
-        Claim::Granted(_)
+        Claim::Granted { .. }
     ));
     // And now "a"'s copy waits for "b".
     assert!(matches!(
@@ -383,7 +384,7 @@ async fn a_released_lease_lets_the_next_copy_in_at_once(s: Store) {
     l.accept(&req("r1")).await.unwrap();
     assert!(matches!(
         l.claim("r1", 0, "a", MINUTE).await.unwrap(),
-        Claim::Granted(_)
+        Claim::Granted { .. }
     ));
     // Someone else's advance releases nothing.
     l.advance("r1", "x", 0, &Progress::default()).await.unwrap();
@@ -396,7 +397,7 @@ async fn a_released_lease_lets_the_next_copy_in_at_once(s: Store) {
     l.advance("r1", "a", 0, &Progress::default()).await.unwrap();
     assert!(matches!(
         l.claim("r1", 0, "b", MINUTE).await.unwrap(),
-        Claim::Granted(_)
+        Claim::Granted { .. }
     ));
 }
 
@@ -405,12 +406,12 @@ async fn the_successor_of_the_lease_holder_takes_the_lease_over_at_once(s: Store
     l.accept(&req("r1")).await.unwrap();
     assert!(matches!(
         l.claim("r1", 0, "a", MINUTE).await.unwrap(),
-        Claim::Granted(_)
+        Claim::Granted { .. }
     ));
     // "a" published seq 1 and has not yet released its lease.
     assert!(matches!(
         l.claim("r1", 1, "b", MINUTE).await.unwrap(),
-        Claim::Granted(_)
+        Claim::Granted { .. }
     ));
     // A second copy of seq 1 waits for "b".
     assert!(matches!(
@@ -430,18 +431,57 @@ async fn claiming_a_newer_message_makes_older_copies_stale(s: Store) {
     l.accept(&req("r1")).await.unwrap();
     assert!(matches!(
         l.claim("r1", 0, "a", MINUTE).await.unwrap(),
-        Claim::Granted(_)
+        Claim::Granted { .. }
     ));
     // Seq 1 exists, so it was published: seq 0 is superseded even before "a" advances.
     assert!(matches!(
         l.claim("r1", 1, "b", MINUTE).await.unwrap(),
-        Claim::Granted(_)
+        Claim::Granted { .. }
     ));
     assert!(matches!(
         l.claim("r1", 0, "c", MINUTE).await.unwrap(),
         Claim::Stale
     ));
     assert_eq!(l.get("r1").await.unwrap().unwrap().cursor, 1);
+}
+
+async fn an_expired_unreleased_lease_marks_the_next_claim_interrupted(s: Store) {
+    let l = s.open().await;
+    l.accept(&req("r1")).await.unwrap();
+    let short = Duration::from_millis(200);
+    assert!(matches!(
+        l.claim("r1", 0, "a", short).await.unwrap(),
+        Claim::Granted {
+            interrupted: false,
+            ..
+        }
+    ));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // "a" died mid-step: its lease ran out unreleased.
+    assert!(matches!(
+        l.claim("r1", 0, "b", short).await.unwrap(),
+        Claim::Granted {
+            interrupted: true,
+            ..
+        }
+    ));
+    // A released lease is no sign of a crash.
+    l.advance("r1", "b", 1, &Progress::default()).await.unwrap();
+    assert!(matches!(
+        l.claim("r1", 1, "c", short).await.unwrap(),
+        Claim::Granted {
+            interrupted: false,
+            ..
+        }
+    ));
+    // Nor is a predecessor's lease taken over by its successor.
+    assert!(matches!(
+        l.claim("r1", 2, "d", short).await.unwrap(),
+        Claim::Granted {
+            interrupted: false,
+            ..
+        }
+    ));
 }
 
 async fn a_late_advance_does_not_overwrite_newer_progress(s: Store) {
@@ -529,7 +569,7 @@ async fn recorded_steps_merge_outputs_once(s: Store) {
     done.sort();
     assert_eq!(done, vec!["create_tenant", "create_user#1"]);
     // And a claim brings all of it.
-    let Claim::Granted(c) = l.claim("r1", 0, "a", MINUTE).await.unwrap() else {
+    let Claim::Granted { record: c, .. } = l.claim("r1", 0, "a", MINUTE).await.unwrap() else {
         panic!("not granted")
     };
     assert_eq!((c.outputs, c.secrets), (r.outputs, r.secrets));
@@ -644,7 +684,7 @@ async fn a_finished_request_keeps_its_end_through_a_late_advance(s: Store) {
     // A copy of a finished request's step message is still granted: the
     // engine then publishes its final event again.
     match l.claim("r1", 2, "b", MINUTE).await.unwrap() {
-        Claim::Granted(r) => assert_eq!(r.status, Status::Completed),
+        Claim::Granted { record: r, .. } => assert_eq!(r.status, Status::Completed),
         other => panic!("{other:?}"),
     }
 }
@@ -808,7 +848,7 @@ async fn concurrent_claims_of_one_step_message_grant_exactly_one(s: Store) {
         let (mut granted, mut busy) = (0, 0);
         for t in futures::future::join_all(tasks).await {
             match t.unwrap() {
-                Claim::Granted(_) => granted += 1,
+                Claim::Granted { .. } => granted += 1,
                 Claim::Busy { .. } => busy += 1,
                 other => panic!("{other:?}"),
             }
@@ -891,7 +931,9 @@ async fn a_claim_that_waited_for_a_step_record_sees_the_step(s: Store) {
     assert!(!claim.is_finished(), "the claim waits for the row lock");
     tx.commit().await.unwrap();
     match claim.await.unwrap() {
-        Claim::Granted(r) => assert_eq!(r.done_steps, vec!["create_user#1".to_string()]),
+        Claim::Granted { record: r, .. } => {
+            assert_eq!(r.done_steps, vec!["create_user#1".to_string()])
+        }
         other => panic!("{other:?}"),
     }
 }

@@ -69,17 +69,38 @@ fn short_serde(e: &serde_json::Error) -> String {
     }
 }
 
+/// The certificates in a PEM file (`tls_ca_file`); at least one.
+pub fn read_ca_file(path: &str) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{path} is not a PEM certificate bundle: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{path} holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
 impl HttpClient {
+    /// `https://` is verified by rustls against the system's roots
+    /// (rustls-platform-verifier: on Linux the OS store, /etc/ssl/certs) plus
+    /// `calls.tls_ca_file` when set; an untrusted certificate fails the call as
+    /// a transient connection error.
     pub fn new(provider: ProviderId, calls: &CallSettings, metrics: Metrics) -> Self {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(calls.timeout())
             .connect_timeout(calls.timeout().min(Duration::from_secs(10)))
             // A redirect is never part of these APIs; following one could send
             // credentials elsewhere. A 3xx is classified as rejected below.
             .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .expect("reqwest client builds with rustls");
+            .pool_idle_timeout(Duration::from_secs(30));
+        if !calls.tls_ca_file.is_empty() {
+            // Checked when the configuration was loaded (Settings::validate).
+            let certs = read_ca_file(&calls.tls_ca_file).unwrap_or_else(|e| {
+                panic!("providers.{}.calls.tls_ca_file: {e}", provider.as_str())
+            });
+            builder = builder.tls_certs_merge(certs);
+        }
+        let client = builder.build().expect("reqwest client builds with rustls");
         HttpClient {
             client,
             provider,
@@ -175,16 +196,20 @@ fn transport_error(step: &str, e: &reqwest::Error) -> StepError {
     // reqwest's Display includes the URL; our URLs carry no credentials, but keep
     // messages to the class of failure anyway.
     let (reason, what) = if e.is_timeout() {
-        (RetryReason::Timeout, "timed out")
+        (RetryReason::Timeout, "timed out".to_string())
     } else if e.is_connect() {
-        (RetryReason::Connection, "could not connect")
+        let what = match refused_certificate(e) {
+            Some(why) => format!("could not connect: {why}"),
+            None => "could not connect".to_string(),
+        };
+        (RetryReason::Connection, what)
     } else if e.is_body() || e.is_decode() {
         (
             RetryReason::Connection,
-            "connection broke while reading the response",
+            "connection broke while reading the response".to_string(),
         )
     } else {
-        (RetryReason::Connection, "request failed")
+        (RetryReason::Connection, "request failed".to_string())
     };
     StepError::Transient {
         reason,
@@ -192,6 +217,21 @@ fn transport_error(step: &str, e: &reqwest::Error) -> StepError {
         http_status: None,
         message: format!("{step}: {what}"),
     }
+}
+
+/// rustls's reason for refusing the server's certificate ("invalid peer
+/// certificate: UnknownIssuer"), so an operator sees that `tls_ca_file` is
+/// missing rather than a bare "could not connect". Never carries the URL.
+fn refused_certificate(e: &reqwest::Error) -> Option<String> {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        let text = err.to_string();
+        if text.starts_with("invalid peer certificate") {
+            return Some(text.chars().filter(|c| !c.is_control()).take(200).collect());
+        }
+        source = err.source();
+    }
+    None
 }
 
 /// `2xx`, `4xx`... for metric labels.
@@ -369,6 +409,170 @@ mod tests {
             Some(Duration::ZERO),
             "a date in the past means now"
         );
+    }
+
+    /// Runs `cmd`, failing the test with a pointer to scripts/services.sh when
+    /// the tool is missing.
+    fn run(cmd: &mut std::process::Command) {
+        let tool = cmd.get_program().to_string_lossy().into_owned();
+        let out = cmd.output().unwrap_or_else(|e| {
+            panic!(
+                "cannot run `{tool}` ({e}): install the test tools with `bash scripts/services.sh`"
+            )
+        });
+        assert!(
+            out.status.success(),
+            "{tool} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A CA and a certificate for `localhost` signed by it, made with the
+    /// openssl CLI in `dir`: (ca.pem, server.pem, server.key).
+    fn make_certificates(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+        let p = |name: &str| dir.join(name);
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(std::process::Command::new("openssl")
+            .args(["req", "-x509"])
+            .args(ec)
+            .args(["-days", "2", "-subj", "/CN=onboarding test CA"])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+            .arg("-keyout")
+            .arg(p("ca.key"))
+            .arg("-out")
+            .arg(p("ca.pem")));
+        run(std::process::Command::new("openssl")
+            .arg("req")
+            .args(ec)
+            .args(["-subj", "/CN=localhost"])
+            .arg("-keyout")
+            .arg(p("server.key"))
+            .arg("-out")
+            .arg(p("server.csr")));
+        std::fs::write(
+            p("server.ext"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(std::process::Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+            .arg("-in")
+            .arg(p("server.csr"))
+            .arg("-CA")
+            .arg(p("ca.pem"))
+            .arg("-CAkey")
+            .arg(p("ca.key"))
+            .arg("-extfile")
+            .arg(p("server.ext"))
+            .arg("-out")
+            .arg(p("server.pem")));
+        [p("ca.pem"), p("server.pem"), p("server.key")]
+    }
+
+    /// `openssl s_server -www` (answers any GET with 200 and an HTML page), killed on drop.
+    struct TlsServer {
+        child: std::process::Child,
+        port: u16,
+    }
+
+    impl TlsServer {
+        fn start(cert: &std::path::Path, key: &std::path::Path) -> TlsServer {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = std::process::Command::new("openssl")
+                .args(["s_server", "-quiet", "-www", "-accept"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("-cert")
+                .arg(cert)
+                .arg("-key")
+                .arg(key)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run `openssl s_server` ({e}): install the test tools with `bash scripts/services.sh`")
+                });
+            let mut server = TlsServer { child, port };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    server.child.try_wait().unwrap().is_none(),
+                    "openssl s_server exited"
+                );
+                assert!(Instant::now() < deadline, "openssl s_server did not listen");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            server
+        }
+    }
+
+    impl Drop for TlsServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn https_certificates_are_verified_and_a_configured_ca_is_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let [ca, cert, key] = make_certificates(dir.path());
+        let server = TlsServer::start(&cert, &key);
+        let url = format!("https://localhost:{}/", server.port);
+        let mut calls = crate::config::Settings::load(None)
+            .unwrap()
+            .providers
+            .sharespine
+            .calls;
+        calls.timeout_ms = 5000;
+
+        // Not signed by anything the system trusts: refused, as a transient connection error.
+        let client = HttpClient::new(ProviderId::Sharespine, &calls, Metrics::new());
+        let err = client
+            .send("probe", client.inner().get(&url))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StepError::Transient {
+                    reason: RetryReason::Connection,
+                    http_status: None,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "probe: could not connect: invalid peer certificate: UnknownIssuer"
+        );
+
+        // With the test's CA configured, the same server is accepted.
+        calls.tls_ca_file = ca.display().to_string();
+        let client = HttpClient::new(ProviderId::Sharespine, &calls, Metrics::new());
+        let ok = client
+            .send("probe", client.inner().get(&url))
+            .await
+            .expect("trusted through tls_ca_file");
+        assert_eq!(ok.status, 200);
+
+        // A CA file that is not PEM is refused when the configuration is read.
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let err = read_ca_file(&junk.display().to_string()).unwrap_err();
+        assert!(err.contains("no PEM certificate"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 /// What an injected fault does instead of (or before) the real handler.
@@ -32,10 +33,21 @@ pub enum Fault {
     Html200,
     /// A status with an empty body.
     Empty { status: u16 },
-    /// 200 with a body of this many bytes.
+    /// 200 with a body of this many bytes, announced in `Content-Length`
+    /// (streamed: the sandbox never holds it whole).
     Huge { bytes: usize },
-    /// 200 whose body never ends.
+    /// As [`Fault::Huge`], without `Content-Length` (chunked): the client only
+    /// learns the size by reading.
+    HugeChunked { bytes: usize },
+    /// 200 whose body never ends, trickling a few bytes every 10 ms.
     Endless,
+    /// 200 whose body never ends, as fast as the client reads it.
+    EndlessFast,
+    /// 200 with a JSON body of the test's choosing instead of the real handler's
+    /// (say, one missing the field the next step needs).
+    Json200 { body: serde_json::Value },
+    /// Starts a 200 with part of a JSON body, then breaks the connection.
+    ResetMidBody,
     /// 302 to the same path, forever.
     RedirectLoop,
     /// Run the real handler, then answer 503 anyway (the create happened: the
@@ -173,8 +185,17 @@ pub async fn apply(State(knobs): State<Knobs>, request: Request, next: Next) -> 
             .into_response(),
         Fault::Huge { bytes } => (
             StatusCode::OK,
+            [
+                ("content-type", "application/json".to_string()),
+                ("content-length", bytes.to_string()),
+            ],
+            Body::from_stream(spaces(bytes)),
+        )
+            .into_response(),
+        Fault::HugeChunked { bytes } => (
+            StatusCode::OK,
             [("content-type", "application/json")],
-            vec![b' '; bytes],
+            Body::from_stream(spaces(bytes)),
         )
             .into_response(),
         Fault::Endless => {
@@ -192,6 +213,45 @@ pub async fn apply(State(knobs): State<Knobs>, request: Request, next: Next) -> 
             )
                 .into_response()
         }
+        Fault::EndlessFast => {
+            let chunk = bytes::Bytes::from_static(&SPACES);
+            let stream =
+                futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+            (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                Body::from_stream(stream),
+            )
+                .into_response()
+        }
+        Fault::Json200 { body } => (StatusCode::OK, Json(body)).into_response(),
+        Fault::ResetMidBody => {
+            // The first chunk goes out (status, headers, a partial body); then
+            // the body fails and hyper aborts the connection mid-response.
+            let stream = futures::stream::iter([
+                Ok(bytes::Bytes::from_static(b"{\"codeName\":\"part")),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "injected reset",
+                )),
+            ])
+            .then(|item| async move {
+                // Let the first chunk reach the client before the failure.
+                if item.is_err() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                item
+            });
+            (
+                StatusCode::OK,
+                [
+                    ("content-type", "application/json"),
+                    ("content-length", "4096"),
+                ],
+                Body::from_stream(stream),
+            )
+                .into_response()
+        }
         Fault::RedirectLoop => (StatusCode::FOUND, [("location", path)]).into_response(),
         Fault::AfterSuccess { status } => {
             let _ = next.run(request).await;
@@ -203,6 +263,20 @@ pub async fn apply(State(knobs): State<Knobs>, request: Request, next: Next) -> 
                 .into_response()
         }
     }
+}
+
+static SPACES: [u8; 64 * 1024] = [b' '; 64 * 1024];
+
+/// `bytes` spaces in 64 KiB chunks, never allocated whole.
+fn spaces(bytes: usize) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    let chunk = bytes::Bytes::from_static(&SPACES);
+    let (full, rest) = (bytes / chunk.len(), bytes % chunk.len());
+    let tail = chunk.slice(..rest);
+    futures::stream::iter(
+        std::iter::repeat_n(chunk, full)
+            .chain((rest > 0).then_some(tail))
+            .map(Ok),
+    )
 }
 
 #[derive(Deserialize)]

@@ -4,8 +4,11 @@
 //!
 //! - `helpers`: `TestEnv`, the broker's management API, log capture.
 //! - `front_door`: invalid messages end in `failed` and `onboarding.dead`.
+//! - `hostile`: hostile requests (nesting, sizes, forged headers, look-alikes) fail cleanly.
 //! - `sharespine`: the step engine end to end on Sharespine.
 //! - `resilience`: transient faults, delays in queues, duplicates, crashes, reconnects.
+//! - `misbehaving`: providers answering HTML, unusable JSON, huge or endless bodies,
+//!   redirect loops, empty 4xx, resets mid-response: each ends in its contract class.
 //! - `secrets`: nothing configured as secret shows anywhere.
 //! - `computestacks`, `magento_bi`: those providers end to end.
 //! - `cli`: the binary as operators use it (config errors, SIGTERM, status, dead).
@@ -14,7 +17,9 @@ mod cli;
 mod computestacks;
 mod front_door;
 mod helpers;
+mod hostile;
 mod magento_bi;
+mod misbehaving;
 mod resilience;
 mod secrets;
 mod sharespine;

@@ -653,6 +653,7 @@ mod tests {
             attempt: 0,
             polls: 0,
             poll_state: None,
+            possible_repeat: false,
         };
         let error = h.provider.run(&ctx).await.unwrap_err();
         assert_eq!(error.http_status(), Some(401));

@@ -107,6 +107,7 @@ impl Harness {
             attempt: 0,
             polls: 0,
             poll_state: None,
+            possible_repeat: false,
         };
         self.provider.run(&ctx).await
     }

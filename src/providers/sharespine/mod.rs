@@ -118,18 +118,38 @@ impl Sharespine {
         code_name: &str,
         user: &Value,
         outputs: &Map<String, Value>,
+        possible_repeat: bool,
     ) -> Result<StepDone, StepError> {
         #[derive(Deserialize)]
         struct Created {
             login: String,
         }
-        let created: Created = self
+        let wanted = user
+            .get("login")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let mut repeat_detected = false;
+        let created: Created = match self
             .post(
                 CREATE_USER,
                 &["reseller", "tenant", code_name, "user"],
                 user,
             )
-            .await?;
+            .await
+        {
+            Ok(c) => c,
+            // Our own earlier attempt may have created it before its worker
+            // died: in the tenant this request made, the login is ours.
+            Err(StepError::Rejected {
+                http_status: Some(422),
+                message,
+            }) if possible_repeat && message.contains("already exists") => {
+                repeat_detected = true;
+                Created { login: wanted }
+            }
+            Err(e) => return Err(e),
+        };
         let mut logins: Vec<Value> = outputs
             .get("logins")
             .and_then(Value::as_array)
@@ -141,7 +161,9 @@ impl Sharespine {
         if !logins.contains(&login) {
             logins.push(login);
         }
-        Ok(StepDone::default().with("logins", logins))
+        let mut done = StepDone::default().with("logins", logins);
+        done.repeat_detected = repeat_detected;
+        Ok(done)
     }
 
     async fn create_connection(
@@ -213,7 +235,8 @@ impl Sharespine {
                             format!("{}: no such entry in input.users", ctx.step.ledger_key()),
                         )
                     })?;
-                self.create_user(code_name, user.body, ctx.outputs).await
+                self.create_user(code_name, user.body, ctx.outputs, ctx.possible_repeat)
+                    .await
             }
             CREATE_CONNECTION => {
                 let default = default_connection();
@@ -342,6 +365,17 @@ mod tests {
         outputs: &Map<String, Value>,
         step: StepKey,
     ) -> Result<StepOutcome, StepError> {
+        run_step_as(provider, operation, input, outputs, step, false).await
+    }
+
+    async fn run_step_as(
+        provider: &Sharespine,
+        operation: Operation,
+        input: &Value,
+        outputs: &Map<String, Value>,
+        step: StepKey,
+        possible_repeat: bool,
+    ) -> Result<StepOutcome, StepError> {
         let secrets = Map::new();
         let ctx = StepContext {
             request_id: "test",
@@ -353,6 +387,7 @@ mod tests {
             attempt: 0,
             polls: 0,
             poll_state: None,
+            possible_repeat,
         };
         provider.run(&ctx).await
     }
@@ -738,6 +773,38 @@ mod tests {
             other => panic!("want Rejected, got {other:?}"),
         }
         assert_eq!(api.tenant("prefixdup-1").unwrap().logins(), ["anna"]);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_user_create_after_an_interrupted_attempt_is_recognised_as_done() {
+        let (api, provider, _) = sandbox_and_provider().await;
+        let input = json!({"tenant": {"customerReference": "rep"}, "users": [{"login": "anna"}]});
+        let first = run(&provider, Operation::Onboard, &input).await;
+        assert!(first.failure.is_none(), "{:?}", first.failure);
+        let outputs = json!({"code_name": "prefixrep-1", "logins": []})
+            .as_object()
+            .unwrap()
+            .clone();
+        let again = run_step_as(
+            &provider,
+            Operation::Onboard,
+            &input,
+            &outputs,
+            StepKey::indexed(CREATE_USER, 0),
+            true,
+        )
+        .await
+        .expect("the login this request made is its own");
+        let StepOutcome::Done(done) = again else {
+            panic!("want Done")
+        };
+        assert!(done.repeat_detected, "counted as a detected repeat");
+        assert_eq!(done.outputs["logins"], json!(["anna"]));
+        assert_eq!(
+            api.tenant("prefixrep-1").unwrap().logins(),
+            ["anna"],
+            "no second user"
+        );
     }
 
     #[tokio::test]
