@@ -156,7 +156,7 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
 
-        Metrics {
+        let m = Metrics {
             requests_total: counter(&r, "onboarding_requests_total", "Requests that ended, by provider, operation and outcome (completed or the error kind).", &["provider", "operation", "outcome"]),
             requests_accepted_total: counter(&r, "onboarding_requests_accepted_total", "Valid requests taken on.", &["provider", "operation"]),
             steps_total: counter(&r, "onboarding_steps_total", "Step executions by provider, step and outcome.", &["provider", "step", "outcome"]),
@@ -177,6 +177,61 @@ impl Metrics {
             ledger_seconds,
             publish_seconds,
             registry: r,
+        };
+        m.zero_known_series();
+        m
+    }
+
+    /// Creates the series of every known label combination at 0, so that the
+    /// first increment of each shows in `rate()` and `increase()` (a series
+    /// born at 1 has no earlier sample to compare with).
+    fn zero_known_series(&self) {
+        use crate::domain::{ErrorKind, ProviderId, RetryReason};
+        let kinds = [
+            "completed",
+            "invalid_request",
+            "rejected",
+            "exhausted",
+            "timed_out",
+            "job_failed",
+        ];
+        let reasons = [
+            RetryReason::Connection,
+            RetryReason::Timeout,
+            RetryReason::ServerError,
+            RetryReason::RateLimited,
+            RetryReason::BadResponse,
+            RetryReason::Unauthorized,
+            RetryReason::Leased,
+        ];
+        for p in ProviderId::ALL {
+            let operations: &[&str] = if p == ProviderId::Sharespine {
+                &["onboard", "login_url"]
+            } else {
+                &["onboard"]
+            };
+            for op in operations {
+                self.requests_accepted_total
+                    .with_label_values(&[p.as_str(), op]);
+                for k in kinds {
+                    self.requests_total.with_label_values(&[p.as_str(), op, k]);
+                }
+            }
+            for r in reasons {
+                self.retries_total
+                    .with_label_values(&[p.as_str(), r.as_str()]);
+            }
+            self.duplicates_dropped_total
+                .with_label_values(&[p.as_str()]);
+            self.steps_in_flight.with_label_values(&[p.as_str()]);
+        }
+        for k in kinds.iter().skip(1).filter_map(|k| ErrorKind::parse(k)) {
+            self.dead_lettered_total.with_label_values(&[k.as_str()]);
+        }
+        self.token_renewals_total
+            .with_label_values(&[ProviderId::MagentoBi.as_str()]);
+        for e in ["accepted", "step_completed", "completed", "failed"] {
+            self.events_published_total.with_label_values(&[e]);
         }
     }
 

@@ -371,7 +371,8 @@ impl Engine {
                 return self.reject_invalid(t, &msg, invalid).await;
             }
         };
-        let span = tracing::info_span!("step", request_id = %step_msg.request_id, provider = %step_msg.provider, seq = step_msg.seq);
+        // `step` is filled in once the plan says which step this message is.
+        let span = tracing::info_span!("step", request_id = %step_msg.request_id, provider = %step_msg.provider, seq = step_msg.seq, step = tracing::field::Empty);
         self.run_step_message(t, step_msg, msg.props)
             .instrument(span)
             .await
@@ -555,6 +556,7 @@ impl StepRun<'_> {
             // Past the last step (a redrive of a request that failed after its last step).
             return self.complete(&plan, return_credentials).await;
         };
+        tracing::Span::current().record("step", step.name);
         let next = self.execute(&step, &input).await;
         match next {
             Next::Advance {

@@ -327,3 +327,53 @@ async fn dead_replay_all_redrives_every_dead_message() {
     assert_eq!(out.status.code(), Some(1), "nothing left to replay");
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_request_id_and_step_on_every_line_of_a_requests_work() {
+    let env = TestEnv::prepare(|_| {}).await;
+    let mut worker = command(&env, &["run", "--log-format", "json"])
+        .env("ONBOARDING__METRICS__LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    env.publish(&sharespine_request(
+        "json-logs",
+        "jsonlogs",
+        &["anna"],
+        Some("anna"),
+    ))
+    .await;
+    let done = env.final_event("json-logs", Duration::from_secs(30)).await;
+    assert_eq!(done["event"], "completed");
+    let pid = worker.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let out = tokio::task::spawn_blocking(move || worker.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let of_request: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l.to_string().contains("json-logs"))
+        .collect();
+    assert!(
+        of_request.len() >= 5,
+        "the request's work is logged: {text}"
+    );
+    for l in &of_request {
+        assert_eq!(l["span"]["request_id"], "json-logs", "request id on {l}");
+    }
+    let step_lines: Vec<&&Value> = of_request
+        .iter()
+        .filter(|l| l["span"]["name"] == "step")
+        .collect();
+    assert!(!step_lines.is_empty());
+    for l in step_lines {
+        assert!(l["span"]["step"].is_string(), "step on {l}");
+    }
+}
