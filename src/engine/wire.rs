@@ -330,7 +330,7 @@ const CLIP_CHARS: usize = 64;
 
 /// At most [`CLIP_CHARS`] characters of caller text, without control or
 /// invisible characters; `…` marks a cut.
-pub fn clip(s: &str) -> String {
+fn clip(s: &str) -> String {
     let mut kept = s.chars().filter(|c| !c.is_control() && !is_invisible(*c));
     let mut out: String = kept.by_ref().take(CLIP_CHARS).collect();
     if kept.next().is_some() {
@@ -538,6 +538,57 @@ mod tests {
             Err("deeper than"),
             "deep nesting",
         );
+    }
+
+    #[test]
+    fn hostile_bodies_get_reasons_an_operator_can_act_on() {
+        let req = |id: &str, provider: &str| {
+            format!(r#"{{"request_id":"{id}","provider":"{provider}","input":{{}}}}"#)
+        };
+        check("\u{feff}{}", Err("byte-order mark"), "BOM");
+        check("null", Err("not an object: it is null"), "null body");
+        check(
+            r#"{"request_id":"r","provider":null,"input":{}}"#,
+            Err("provider must be a string, not null"),
+            "null provider",
+        );
+        check(
+            r#"{"request_id":"r","provider":"sharespine","operation":7,"input":{}}"#,
+            Err("operation must be a string, not a number"),
+            "number as operation",
+        );
+        check(
+            r#"{"request_id":"a","provider":"sharespine","request_id":"b","input":{}}"#,
+            Err("request_id twice"),
+            "two request_ids",
+        );
+        check(
+            &req("r", "sh\\u0430respine"),
+            Err("character 3 is U+0430, not plain ASCII"),
+            "a Cyrillic look-alike is named",
+        );
+        check(
+            &req("r\\u0430", "sharespine"),
+            Err("character 2 is U+0430, not plain ASCII"),
+            "a look-alike in the id",
+        );
+        check(
+            &req("r\\u0007", "sharespine"),
+            Err("U+0007, a control or invisible character"),
+            "a control character in the id",
+        );
+        let err = parse_request(b"{\"request_id\":\"r\xff\"}", 1 << 20).unwrap_err();
+        assert_eq!(err.message, "the body is not UTF-8 text (byte 17 is not)");
+
+        // Caller text is quoted clipped and cleaned, never whole.
+        let long = format!("{}\\u001b[2J{}", "p".repeat(100), "q".repeat(100));
+        let err = parse_request(req("r", &long).as_bytes(), 1 << 20).unwrap_err();
+        assert!(
+            err.message.contains(&format!("\"{}…\"", "p".repeat(64))),
+            "{}",
+            err.message
+        );
+        assert!(!err.message.contains('q') && !err.message.contains('\u{1b}'));
     }
 
     #[test]

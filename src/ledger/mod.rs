@@ -35,6 +35,9 @@ pub enum LedgerError {
     Corrupt { request_id: String, message: String },
     #[error("ledger url: {0}")]
     Url(String),
+    /// A batched write failed (the batch's error, as text: it is shared).
+    #[error("ledger database error: {0}")]
+    Batch(String),
 }
 
 /// A request's status in the ledger.

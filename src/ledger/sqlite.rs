@@ -9,7 +9,10 @@
 //! `BEGIN IMMEDIATE` transaction.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
@@ -73,7 +76,195 @@ pub struct SqliteLedger {
     /// One writer at a time in this process: SQLite has one write lock, and
     /// writers queued here wait without the busy handler's sleeps. Other
     /// processes on the same file still wait through `busy_timeout`.
-    write: tokio::sync::Mutex<()>,
+    write: Arc<tokio::sync::Mutex<()>>,
+    /// Claims and step records, the two writes of every step, go to one task
+    /// that writes all those waiting in one statement each (group commit).
+    batch: mpsc::UnboundedSender<BatchOp>,
+}
+
+/// Most operations written in one statement.
+const MAX_BATCH: usize = 128;
+
+/// A write waiting for the batch writer.
+enum BatchOp {
+    Claim {
+        request_id: String,
+        seq: i64,
+        owner: String,
+        lease_ms: i64,
+        /// `Some` when granted: the record and whether a copy was interrupted.
+        reply: oneshot::Sender<Result<Option<(RequestRecord, bool)>, LedgerError>>,
+    },
+    Record {
+        request_id: String,
+        step_key: String,
+        outputs: String,
+        secrets: String,
+        reply: oneshot::Sender<Result<(), LedgerError>>,
+    },
+}
+
+/// Writes every operation waiting, a batch at a time, until the ledger is dropped.
+async fn batch_writer(
+    pool: SqlitePool,
+    write: Arc<tokio::sync::Mutex<()>>,
+    mut rx: mpsc::UnboundedReceiver<BatchOp>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut ops = vec![first];
+        while ops.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        let _writer = write.lock().await;
+        let mut claims = Vec::new();
+        let mut records = Vec::new();
+        for op in ops {
+            match op {
+                BatchOp::Claim {
+                    request_id,
+                    seq,
+                    owner,
+                    lease_ms,
+                    reply,
+                } => claims.push((request_id, seq, owner, lease_ms, reply)),
+                BatchOp::Record {
+                    request_id,
+                    step_key,
+                    outputs,
+                    secrets,
+                    reply,
+                } => records.push((request_id, step_key, outputs, secrets, reply)),
+            }
+        }
+        if !records.is_empty() {
+            let result = write_records(&pool, &records).await;
+            for (.., reply) in records {
+                let _ = reply.send(
+                    result
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|e| LedgerError::Batch(e.to_string())),
+                );
+            }
+        }
+        // One claim per request in each statement: a second copy of the same
+        // request's message goes in the next round and sees the first's lease.
+        while !claims.is_empty() {
+            let mut round = Vec::new();
+            let mut rest = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for c in claims {
+                if seen.insert(c.0.clone()) {
+                    round.push(c);
+                } else {
+                    rest.push(c);
+                }
+            }
+            match write_claims(&pool, &round).await {
+                Ok(mut granted) => {
+                    for (request_id, .., reply) in round {
+                        let _ = reply.send(Ok(granted.remove(&request_id)));
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    for (.., reply) in round {
+                        let _ = reply.send(Err(LedgerError::Batch(message.clone())));
+                    }
+                }
+            }
+            claims = rest;
+        }
+    }
+}
+
+type RecordArgs = (
+    String,
+    String,
+    String,
+    String,
+    oneshot::Sender<Result<(), LedgerError>>,
+);
+type ClaimArgs = (
+    String,
+    i64,
+    String,
+    i64,
+    oneshot::Sender<Result<Option<(RequestRecord, bool)>, LedgerError>>,
+);
+
+async fn write_records(pool: &SqlitePool, records: &[RecordArgs]) -> Result<(), LedgerError> {
+    let now = now_ms();
+    let values = vec!["(?, ?, ?, ?, ?)"; records.len()].join(", ");
+    // Only placeholders are formatted in; every value is bound.
+    let sql = format!(
+        "INSERT INTO steps (request_id, step_key, outputs, secrets, completed_at) VALUES {values}
+         ON CONFLICT (request_id, step_key) DO NOTHING"
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (request_id, step_key, outputs, secrets, _) in records {
+        q = q
+            .bind(request_id)
+            .bind(step_key)
+            .bind(outputs)
+            .bind(secrets)
+            .bind(now);
+    }
+    q.execute(pool).await?;
+    Ok(())
+}
+
+/// Grants each claim whose request is not past its `seq` and whose lease is
+/// free, expired, or held for an older message (the holder's successor takes
+/// over). Every SET expression reads the row as it was before the statement.
+async fn write_claims(
+    pool: &SqlitePool,
+    claims: &[ClaimArgs],
+) -> Result<std::collections::HashMap<String, (RequestRecord, bool)>, LedgerError> {
+    let now = now_ms();
+    // Numbered placeholders throughout: ?1 is `now`, then four per claim
+    // (sqlx numbers bare `?` on its own, so the two styles must not be mixed).
+    let values = (0..claims.len())
+        .map(|i| {
+            let b = 2 + 4 * i;
+            format!("(?{}, ?{}, ?{}, ?{})", b, b + 1, b + 2, b + 3)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "WITH v(request_id, seq, owner, lease_until) AS (VALUES {values})
+         UPDATE requests SET
+           lease_interrupted = (requests.lease_owner IS NOT NULL AND requests.lease_owner <> v.owner
+                                AND requests.lease_until <= ?1
+                                AND v.seq <= COALESCE(requests.lease_seq, 9223372036854775807)),
+           lease_owner = v.owner, lease_until = v.lease_until, lease_seq = v.seq,
+           cursor = MAX(requests.cursor, v.seq), waiting_until = NULL, updated_at = ?1
+         FROM v
+         WHERE requests.request_id = v.request_id AND requests.cursor <= v.seq
+           AND NOT (requests.lease_owner IS NOT NULL AND requests.lease_owner <> v.owner
+                    AND requests.lease_until > ?1
+                    AND v.seq <= COALESCE(requests.lease_seq, 9223372036854775807))
+         RETURNING {REQUEST_COLUMNS}, {STEPS_JSON}"
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+    for (request_id, seq, owner, lease_ms, _) in claims {
+        q = q
+            .bind(request_id)
+            .bind(*seq)
+            .bind(owner)
+            .bind(now + lease_ms);
+    }
+    let rows = q.fetch_all(pool).await?;
+    let mut granted = std::collections::HashMap::new();
+    for row in rows {
+        let interrupted: bool = row.try_get("lease_interrupted")?;
+        let record = record_from_json(&row)?;
+        granted.insert(record.request_id.clone(), (record, interrupted));
+    }
+    Ok(granted)
 }
 
 impl SqliteLedger {
@@ -115,10 +306,10 @@ impl SqliteLedger {
             .await?;
         }
         tx.commit().await?;
-        Ok(SqliteLedger {
-            pool,
-            write: tokio::sync::Mutex::new(()),
-        })
+        let write = Arc::new(tokio::sync::Mutex::new(()));
+        let (batch, rx) = mpsc::unbounded_channel();
+        tokio::spawn(batch_writer(pool.clone(), write.clone(), rx));
+        Ok(SqliteLedger { pool, write, batch })
     }
 
     /// The steps recorded for a request, in the order they were recorded.
@@ -241,33 +432,20 @@ impl Ledger for SqliteLedger {
         lease: Duration,
     ) -> Result<Claim, LedgerError> {
         let now = now_ms();
-        // Granted when not stale and the lease is free, expired, ours, or held
-        // for an older message (whose successor this is). Every SET expression
-        // reads the row as it was before the statement.
-        let granted = {
-            let _writer = self.write.lock().await;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE requests SET
-                   lease_interrupted = (lease_owner IS NOT NULL AND lease_owner <> ?2 AND lease_until <= ?3
-                                        AND ?1 <= COALESCE(lease_seq, 9223372036854775807)),
-                   lease_owner = ?2, lease_until = ?4, lease_seq = ?1, cursor = MAX(cursor, ?1),
-                   waiting_until = NULL, updated_at = ?3
-                 WHERE request_id = ?5 AND cursor <= ?1
-                   AND NOT (lease_owner IS NOT NULL AND lease_owner <> ?2 AND lease_until > ?3
-                            AND ?1 <= COALESCE(lease_seq, 9223372036854775807))
-                 RETURNING {REQUEST_COLUMNS}, {STEPS_JSON}"
-            )))
-            .bind(seq)
-            .bind(owner)
-            .bind(now)
-            .bind(now + lease.as_millis() as i64)
-            .bind(request_id)
-            .fetch_optional(&self.pool)
-            .await?
-        };
-        if let Some(row) = granted {
-            let interrupted: bool = row.try_get("lease_interrupted")?;
-            let record = record_from_json(&row)?;
+        let (reply, granted) = oneshot::channel();
+        self.batch
+            .send(BatchOp::Claim {
+                request_id: request_id.to_string(),
+                seq,
+                owner: owner.to_string(),
+                lease_ms: lease.as_millis() as i64,
+                reply,
+            })
+            .map_err(|_| LedgerError::Batch("the ledger's writer has stopped".into()))?;
+        let granted = granted
+            .await
+            .map_err(|_| LedgerError::Batch("the ledger's writer has stopped".into()))??;
+        if let Some((record, interrupted)) = granted {
             return Ok(Claim::Granted {
                 record: Box::new(record),
                 interrupted,
@@ -300,24 +478,22 @@ impl Ledger for SqliteLedger {
         secrets: &Map<String, Value>,
         progress: &Progress,
     ) -> Result<(), LedgerError> {
-        let now = now_ms();
-        let _writer = self.write.lock().await;
         // What makes the step never called again. Progress is not written here:
         // the next claim clears any wait, and `status` derives the next step
         // from the plan and the steps recorded.
         let _ = progress;
-        sqlx::query(
-            "INSERT INTO steps (request_id, step_key, outputs, secrets, completed_at) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (request_id, step_key) DO NOTHING",
-        )
-        .bind(request_id)
-        .bind(step_key)
-        .bind(Value::Object(outputs.clone()).to_string())
-        .bind(Value::Object(secrets.clone()).to_string())
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let (reply, done) = oneshot::channel();
+        self.batch
+            .send(BatchOp::Record {
+                request_id: request_id.to_string(),
+                step_key: step_key.to_string(),
+                outputs: Value::Object(outputs.clone()).to_string(),
+                secrets: Value::Object(secrets.clone()).to_string(),
+                reply,
+            })
+            .map_err(|_| LedgerError::Batch("the ledger's writer has stopped".into()))?;
+        done.await
+            .map_err(|_| LedgerError::Batch("the ledger's writer has stopped".into()))?
     }
 
     async fn finish(&self, request_id: &str, finish: &Finish) -> Result<(), LedgerError> {

@@ -331,7 +331,7 @@ async fn dead_replay_all_redrives_every_dead_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_the_request_id_and_step_on_every_line_of_a_requests_work() {
     let env = TestEnv::prepare(|_| {}).await;
-    let mut worker = command(&env, &["run", "--log-format", "json"])
+    let worker = command(&env, &["run", "--log-format", "json"])
         .env("ONBOARDING__METRICS__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
