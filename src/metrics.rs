@@ -170,7 +170,7 @@ impl Metrics {
             duplicates_dropped_total: counter(&r, "onboarding_duplicates_dropped_total", "Copies of a running request dropped, by provider.", &["provider"]),
             dead_lettered_total: counter(&r, "onboarding_dead_lettered_total", "Messages put in onboarding.dead, by reason (error kind).", &["reason"]),
             token_renewals_total: counter(&r, "onboarding_token_renewals_total", "Provider access tokens obtained, by provider.", &["provider"]),
-            create_repeats_total: counter(&r, "onboarding_create_repeats_total", "Creates possibly repeated after a crash, by provider and step.", &["provider", "step"]),
+            create_repeats_total: counter(&r, "onboarding_create_repeats_total", "Creates run again after an attempt that may have reached the provider (found already made, or made afresh): an upper bound of repeats, by provider and step.", &["provider", "step"]),
             events_published_total: counter(&r, "onboarding_events_published_total", "Events published, by event.", &["event"]),
             broker_connected: gauge(&r, "onboarding_broker_connected", "1 while connected to the broker and consuming."),
             broker_connections_total,

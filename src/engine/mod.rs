@@ -554,7 +554,7 @@ impl StepRun<'_> {
         };
         let Some(step) = plan.get(self.m.step as usize).cloned() else {
             // Past the last step (a redrive of a request that failed after its last step).
-            return self.complete(&plan, return_credentials).await;
+            return self.complete(&plan, return_credentials, None).await;
         };
         tracing::Span::current().record("step", step.name);
         let next = self.execute(&step, &input).await;
@@ -592,12 +592,13 @@ impl StepRun<'_> {
                 step_event.step_index = step.index;
                 step_event.outputs = all_outputs.clone();
                 if is_last {
-                    self.engine.publish_event(self.t, &step_event).await?;
                     let mut record = self.record.clone();
                     record.outputs = all_outputs;
                     record.secrets = all_secrets;
                     let run = StepRun { record, ..self };
-                    return run.complete(&plan, return_credentials).await;
+                    return run
+                        .complete(&plan, return_credentials, Some(step_event))
+                        .await;
                 }
                 let next = StepMessage {
                     seq: self.m.seq + 1,
@@ -795,12 +796,14 @@ impl StepRun<'_> {
                         poll_deadline_ms: self.m.poll_deadline_ms,
                         poll_state: self.m.poll_state.clone(),
                         // The call may have reached the provider: it timed out, broke
-                        // off, or answered something unreadable after acting.
+                        // off, failed on the provider's side, or answered something
+                        // unreadable after acting.
                         uncertain: matches!(
                             reason,
                             RetryReason::Timeout
                                 | RetryReason::Connection
                                 | RetryReason::BadResponse
+                                | RetryReason::ServerError
                         ),
                     }
                 }
@@ -881,7 +884,14 @@ impl StepRun<'_> {
         e
     }
 
-    async fn complete(self, plan: &[StepKey], return_credentials: bool) -> Result<(), EngineError> {
+    /// Ends the request `completed`. `last_step`, the last step's event, is
+    /// published while the end is recorded (it must precede `completed`).
+    async fn complete(
+        self,
+        plan: &[StepKey],
+        return_credentials: bool,
+        last_step: Option<Event>,
+    ) -> Result<(), EngineError> {
         let mut event = self.event(EventKind::Completed);
         event.outputs = self.record.outputs.clone();
         if return_credentials {
@@ -894,10 +904,18 @@ impl StepRun<'_> {
             step: None,
             index: Some(plan.len() as i64),
         };
-        self.engine
-            .ledger
-            .finish(&self.m.request_id, &finish)
-            .await?;
+        let step_event = async {
+            match &last_step {
+                Some(e) => self.engine.publish_event(self.t, e).await,
+                None => Ok(()),
+            }
+        };
+        let (published, finished) = tokio::join!(
+            step_event,
+            self.engine.ledger.finish(&self.m.request_id, &finish)
+        );
+        published?;
+        finished?;
         self.engine.publish_event(self.t, &event).await?;
         self.engine
             .ledger

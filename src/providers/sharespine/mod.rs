@@ -235,8 +235,21 @@ impl Sharespine {
                             format!("{}: no such entry in input.users", ctx.step.ledger_key()),
                         )
                     })?;
-                self.create_user(code_name, user.body, ctx.outputs, ctx.possible_repeat)
-                    .await
+                // The login can only be our own earlier attempt's if no earlier
+                // entry of this request asked for the same login.
+                let login_of =
+                    |v: &Value| v.get("login").and_then(Value::as_str).map(str::to_string);
+                let index = ctx.step.index.unwrap_or(0) as usize;
+                let repeated_in_request = input.users[..index.min(input.users.len())]
+                    .iter()
+                    .any(|u| login_of(u.body).is_some() && login_of(u.body) == login_of(user.body));
+                self.create_user(
+                    code_name,
+                    user.body,
+                    ctx.outputs,
+                    ctx.possible_repeat && !repeated_in_request,
+                )
+                .await
             }
             CREATE_CONNECTION => {
                 let default = default_connection();
@@ -804,6 +817,40 @@ mod tests {
             api.tenant("prefixrep-1").unwrap().logins(),
             ["anna"],
             "no second user"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_login_repeated_in_the_request_is_still_rejected_after_an_interrupted_attempt() {
+        let (_api, provider, _) = sandbox_and_provider().await;
+        let input = json!({"tenant": {"customerReference": "twice"}, "users": [{"login": "anna"}, {"login": "anna"}]});
+        let plan_input =
+            json!({"tenant": {"customerReference": "twice"}, "users": [{"login": "anna"}]});
+        let first = run(&provider, Operation::Onboard, &plan_input).await;
+        assert!(first.failure.is_none(), "{:?}", first.failure);
+        let outputs = json!({"code_name": "prefixtwice-1", "logins": ["anna"]})
+            .as_object()
+            .unwrap()
+            .clone();
+        let err = run_step_as(
+            &provider,
+            Operation::Onboard,
+            &input,
+            &outputs,
+            StepKey::indexed(CREATE_USER, 1),
+            true,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StepError::Rejected {
+                    http_status: Some(422),
+                    ..
+                }
+            ),
+            "{err:?}"
         );
     }
 

@@ -1,0 +1,365 @@
+//! The broker restarted under the worker (CONTRACT §6: "losing the broker
+//! connection is not fatal"): `rabbitmqctl stop_app` with onboardings in
+//! flight, `/readyz` 503 while it is away, `rabbitmqctl start_app`, and every
+//! onboarding completes with one tenant each.
+//!
+//! A test binary of its own: `stop_app` takes every vhost down, and cargo runs
+//! test binaries one after another, never next to this one. The broker is
+//! started again whatever happens (a guard). Needs `rabbitmqctl` on PATH and
+//! the right to run it (root, as `scripts/services.sh` sets the broker up).
+
+#[path = "it/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use onboarding_worker::broker::admin::Admin;
+use onboarding_worker::ledger::Status;
+use serde_json::{json, Value};
+
+use helpers::*;
+
+const REQUESTS: usize = 20;
+/// Where the test keeps every event, across the restart (durable, quorum).
+const EVENTS_QUEUE: &str = "test.events";
+
+fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run `rabbitmqctl {}`: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`rabbitmqctl {}` failed ({}): {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_millis(500),
+    )
+    .is_ok()
+}
+
+/// Starts the broker's application and waits until AMQP and the management
+/// API answer. Idempotent: `start_app` on a running node does nothing.
+fn start_broker() -> Result<(), String> {
+    rabbitmqctl(&["start_app"])?;
+    rabbitmqctl(&["await_startup"])?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(listening(5672) && listening(15672)) {
+        if Instant::now() > deadline {
+            return Err("RabbitMQ's ports 5672 and 15672 did not open within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// Starts the broker again when dropped (unless the test already did),
+/// whether the test passed or not.
+struct BrokerComesBack {
+    armed: bool,
+}
+
+impl Drop for BrokerComesBack {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Err(e) = start_broker() {
+            eprintln!("could not start RabbitMQ again: {e}; run `rabbitmqctl start_app`");
+        }
+    }
+}
+
+async fn readyz(client: &reqwest::Client, url: &str) -> Option<u16> {
+    client
+        .get(url)
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+/// Every message in the test's events queue, left there (management API,
+/// `ack_requeue_true`: a read that times out loses nothing). `None` when the
+/// management API did not answer.
+async fn read_events(client: &reqwest::Client, vhost: &str) -> Option<Vec<Value>> {
+    let url = format!("http://127.0.0.1:15672/api/queues/{vhost}/{EVENTS_QUEUE}/get");
+    let answer = client
+        .post(url)
+        .basic_auth("guest", Some("guest"))
+        .timeout(Duration::from_secs(15))
+        .json(&json!({"count": 5000, "ackmode": "ack_requeue_true", "encoding": "auto"}))
+        .send()
+        .await
+        .ok()?;
+    let messages: Vec<Value> = answer.json().await.ok()?;
+    Some(
+        messages
+            .iter()
+            .filter_map(|m| serde_json::from_str(m["payload"].as_str()?).ok())
+            .collect(),
+    )
+}
+
+/// The worker queues (requests, steps, delays) holding ready or unacknowledged messages.
+fn busy_queues(vhost: &Vhost) -> Vec<String> {
+    let (status, body) = mgmt(
+        "GET",
+        &format!(
+            "/api/queues/{}?columns=name,messages_ready,messages_unacknowledged",
+            vhost.name
+        ),
+        None,
+    );
+    if status != 200 {
+        return vec![format!("(management API answered {status})")];
+    }
+    let queues: Vec<Value> = serde_json::from_str(&body).unwrap_or_default();
+    queues
+        .iter()
+        .filter(|q| {
+            let name = q["name"].as_str().unwrap_or_default();
+            name == "onboarding.requests"
+                || name.starts_with("onboarding.steps.")
+                || name.starts_with("onboarding.delay.")
+        })
+        .filter(|q| {
+            q["messages_ready"].as_i64().unwrap_or(0) != 0
+                || q["messages_unacknowledged"].as_i64().unwrap_or(0) != 0
+        })
+        .map(|q| q.to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_with_onboardings_in_flight_is_survived_and_each_completes_once() {
+    let env = TestEnv::start_with(|s| {
+        s.sandbox.latency_ms = 100;
+        // Four steps at a time, so the twenty are still going when the broker stops.
+        s.providers.sharespine.calls.concurrency = 4;
+    })
+    .await;
+    let vhost = env.vhost.name.clone();
+    let (s, b) = mgmt(
+        "PUT",
+        &format!("/api/queues/{vhost}/{EVENTS_QUEUE}"),
+        Some(r#"{"durable":true,"arguments":{"x-queue-type":"quorum"}}"#),
+    );
+    assert!(s == 201 || s == 204, "declare {EVENTS_QUEUE}: {s} {b}");
+    let (s, b) = mgmt(
+        "POST",
+        &format!("/api/bindings/{vhost}/e/onboarding.events/q/{EVENTS_QUEUE}"),
+        Some(r##"{"routing_key":"#"}"##),
+    );
+    assert!(s == 201 || s == 204, "bind {EVENTS_QUEUE}: {s} {b}");
+
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let readyz_url = format!("http://{}/readyz", env.worker().metrics_addr);
+    assert_eq!(
+        readyz(&client, &readyz_url).await,
+        Some(200),
+        "ready at first"
+    );
+
+    let ids: Vec<String> = (0..REQUESTS).map(|i| format!("restart-{i:02}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        env.publish(&sharespine_request(
+            id,
+            &format!("restart{i}"),
+            &["anna", "bob", "carl"],
+            Some("anna"),
+        ))
+        .await;
+    }
+    let sharespine = env.sandbox.sharespine.clone();
+    wait_until(Duration::from_secs(30), || sharespine.tenants().len() >= 4).await;
+
+    // ---- the broker goes away ----
+    let started = Instant::now();
+    let mut guard = BrokerComesBack { armed: true };
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
+        .await
+        .unwrap()
+        .expect("stop the broker");
+    let stop_took = started.elapsed();
+    let users_at_stop: usize = sharespine.tenants().iter().map(|t| t.users.len()).sum();
+    assert!(!listening(5672), "the broker is down");
+    assert!(
+        users_at_stop < REQUESTS * 3,
+        "onboardings still in flight when the broker went away ({users_at_stop} users made)"
+    );
+    let mut not_ready = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while not_ready < 5 {
+        match readyz(&client, &readyz_url).await {
+            Some(503) => not_ready += 1,
+            other => {
+                not_ready = 0;
+                assert!(
+                    Instant::now() < deadline,
+                    "/readyz answered {other:?}, not 503, 10 s after the broker stopped"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // ---- and comes back ----
+    tokio::task::spawn_blocking(start_broker)
+        .await
+        .unwrap()
+        .expect("start the broker again");
+    let back_after = started.elapsed();
+    guard.armed = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while readyz(&client, &readyz_url).await != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz not 200 within 30 s of the broker's return"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready_again_after = started.elapsed();
+
+    // ---- every onboarding completes, once ----
+    let ledger = onboarding_worker::ledger::open(env.settings.ledger.url.expose())
+        .await
+        .expect("the test's ledger opens");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut open = Vec::new();
+        for id in &ids {
+            let record = ledger.get(id).await.expect("ledger read");
+            if record.as_ref().map(|r| r.status) != Some(Status::Completed) {
+                open.push(format!(
+                    "{id}: {:?}",
+                    record.map(|r| (r.status, r.cursor, r.done_steps, r.current_step))
+                ));
+            }
+        }
+        if open.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {REQUESTS} not completed in the ledger 60 s after the broker's return \
+             (status, cursor, steps done, current step): {open:#?}\nworker queues: {:?}",
+            open.len(),
+            busy_queues(&env.vhost)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Their `completed` events were published and confirmed (at least once).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let events = loop {
+        let events = read_events(&client, &vhost).await.unwrap_or_default();
+        let without: Vec<&String> = ids
+            .iter()
+            .filter(|id| {
+                !events
+                    .iter()
+                    .any(|e| e["request_id"] == id.as_str() && e["event"] == "completed")
+            })
+            .collect();
+        if without.is_empty() {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no completed event in {EVENTS_QUEUE} for {without:?}; {} events there",
+            events.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let completed_after = started.elapsed();
+    let failed: Vec<&Value> = events.iter().filter(|e| e["event"] == "failed").collect();
+    assert!(failed.is_empty(), "nothing failed: {failed:#?}");
+
+    let tenants = sharespine.tenants();
+    let mut per_reference: BTreeMap<String, usize> = BTreeMap::new();
+    for t in &tenants {
+        *per_reference
+            .entry(t.customer_reference.clone())
+            .or_default() += 1;
+    }
+    for i in 0..REQUESTS {
+        let reference = format!("restart{i}");
+        assert_eq!(
+            per_reference.get(&reference),
+            Some(&1),
+            "exactly one tenant for {reference}: {per_reference:?}"
+        );
+    }
+    for t in &tenants {
+        assert_eq!(t.logins(), ["anna", "bob", "carl"], "{}", t.code_name);
+        assert_eq!(t.connections.len(), 1, "{}", t.code_name);
+        assert_eq!(t.login_urls.len(), 1, "{}", t.code_name);
+    }
+    let calls = sharespine.knobs.all_calls();
+    assert_eq!(
+        calls.get("POST /reseller/tenant"),
+        Some(&(REQUESTS as u64)),
+        "one tenant create per request: {calls:?}"
+    );
+
+    // Nothing left behind: no dead letter, no message in a worker queue.
+    let admin = Admin::connect(&env.vhost.amqp_url())
+        .await
+        .expect("a new admin connection");
+    let dead = admin.dead_list().await.expect("list dead");
+    assert!(dead.is_empty(), "no dead letters: {dead:?}");
+    // The management API samples every 500 ms: three quiet looks in a row.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut quiet = 0;
+    while quiet < 3 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let busy = busy_queues(&env.vhost);
+        quiet = if busy.is_empty() { quiet + 1 } else { 0 };
+        assert!(
+            Instant::now() < deadline,
+            "messages left in worker queues: {busy:?}"
+        );
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", env.worker().metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let connections = metric_value(&metrics, "onboarding_broker_connections_total", &[]);
+    assert!(
+        connections.unwrap_or(0.0) >= 2.0,
+        "the worker connected again: {connections:?}"
+    );
+    println!(
+        "broker restart: stop_app took {:.1} s ({users_at_stop} of {} users made by then), /readyz 503 while away, \
+         broker back {:.1} s after stop_app began, worker ready {:.1} s after, all {REQUESTS} completed {:.1} s after; \
+         {} completed events; user create calls {:?}",
+        stop_took.as_secs_f64(),
+        REQUESTS * 3,
+        back_after.as_secs_f64(),
+        ready_again_after.as_secs_f64(),
+        completed_after.as_secs_f64(),
+        events.iter().filter(|e| e["event"] == "completed").count(),
+        calls.get("POST /reseller/tenant/{code_name}/user"),
+    );
+    admin.close().await;
+    env.shutdown().await;
+}
