@@ -244,6 +244,18 @@ impl Settings {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError::Invalid(format!("{key}: {why}")));
+        // Parsed here so a bad URL is a start-up error naming the key; the
+        // message never quotes the URL, which may hold a password.
+        match url::Url::parse(self.amqp.url.expose()) {
+            Ok(u) if matches!(u.scheme(), "amqp" | "amqps") && u.host_str().is_some() => {}
+            Ok(_) => {
+                return bad(
+                    "amqp.url",
+                    "must be amqp://user:password@host:port/vhost (or amqps://)",
+                )
+            }
+            Err(e) => return bad("amqp.url", &format!("is not a URL ({e})")),
+        }
         if self.amqp.prefetch == 0 {
             return bad("amqp.prefetch", "must be at least 1");
         }
@@ -402,6 +414,22 @@ mod tests {
         let s = Settings::load_with_env(None, Some(HashMap::new())).unwrap();
         assert_eq!(s.amqp.tls_ca_file, "", "system roots by default");
         assert_eq!(s.providers.magento_bi.calls.tls_ca_file, "");
+    }
+
+    #[test]
+    fn a_malformed_broker_url_names_its_key_and_never_quotes_the_password() {
+        for url in [
+            "amqp:guest:s3cr3t@host",
+            "http://guest:s3cr3t@host/",
+            "not a url s3cr3t",
+        ] {
+            let env = HashMap::from([("ONBOARDING__AMQP__URL".to_string(), url.to_string())]);
+            let err = Settings::load_with_env(None, Some(env))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("amqp.url"), "{url}: {err}");
+            assert!(!err.contains("s3cr3t"), "{url}: {err}");
+        }
     }
 
     #[test]

@@ -40,7 +40,9 @@ fn header_text(props: &BasicProperties, key: &str) -> Option<String> {
 impl DeadMessage {
     fn from(props: &BasicProperties, body: &[u8]) -> Self {
         DeadMessage {
-            request_id: header_text(props, "request_id"),
+            // A step message the broker moved here carries no header of ours.
+            request_id: header_text(props, "request_id")
+                .or_else(|| step_message_provider(body).map(|(id, _)| id)),
             error_kind: header_text(props, "x-onboarding-error-kind"),
             step: header_text(props, "x-onboarding-step"),
             reason: header_text(props, "x-onboarding-reason"),
@@ -175,18 +177,32 @@ impl Admin {
         &self,
         request_id: Option<&str>,
     ) -> Result<Vec<DeadMessage>, BrokerError> {
+        // At most what is there now: a replay that fails again lands back in
+        // the queue and must not be taken again in this pass.
+        let mut budget = self.queue_depth(topology::DEAD_QUEUE).await?;
         let ch = self.conn.create_channel().await?;
         let mut replayed = Vec::new();
-        while let Some(m) = ch
-            .basic_get(
-                topology::DEAD_QUEUE.into(),
-                BasicGetOptions { no_ack: false },
-            )
-            .await?
-        {
+        while budget > 0 {
+            let Some(m) = ch
+                .basic_get(
+                    topology::DEAD_QUEUE.into(),
+                    BasicGetOptions { no_ack: false },
+                )
+                .await?
+            else {
+                break;
+            };
+            budget -= 1;
             let dead = DeadMessage::from(&m.delivery.properties, &m.delivery.data);
             let last = m.message_count == 0;
-            if request_id.is_none() || dead.request_id.as_deref() == request_id {
+            // A step message the broker moved here (its delivery limit) goes
+            // back to its provider's step queue; a request, to the requests.
+            let step_of = step_message_provider(&m.delivery.data);
+            let step_request = step_of.as_ref().map(|(id, _)| id.clone());
+            let matches = request_id.is_none()
+                || dead.request_id.as_deref() == request_id
+                || (step_request.is_some() && step_request.as_deref() == request_id);
+            if matches {
                 let mut headers = BTreeMap::new();
                 if let Some(h) = m.delivery.properties.headers() {
                     for (k, v) in h.inner() {
@@ -204,10 +220,14 @@ impl Admin {
                     .clone()
                     .with_headers(FieldTable::from(headers))
                     .with_delivery_mode(2);
+                let (exchange, routing_key) = match &step_of {
+                    Some((_, provider)) => (topology::STEPS_EXCHANGE, format!("now.{provider}")),
+                    None => (topology::REQUESTS_EXCHANGE, "replay".to_string()),
+                };
                 publish_confirmed(
                     &self.channel,
-                    topology::REQUESTS_EXCHANGE,
-                    "replay",
+                    exchange,
+                    &routing_key,
                     true,
                     &m.delivery.data,
                     props,
@@ -247,4 +267,16 @@ impl Admin {
     pub async fn close(self) {
         let _ = self.conn.close(200, "done".into()).await;
     }
+}
+
+/// `(request_id, provider)` when `body` is one of the worker's own step
+/// messages (which a request never is: it has no `seq` and has an `input`).
+fn step_message_provider(body: &[u8]) -> Option<(String, String)> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if v.get("input").is_some() {
+        return None;
+    }
+    let m: crate::engine::wire::StepMessage = serde_json::from_value(v).ok()?;
+    crate::domain::ProviderId::parse(&m.provider)?;
+    Some((m.request_id, m.provider))
 }

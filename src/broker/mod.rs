@@ -250,9 +250,47 @@ impl Transport for AmqpTransport {
 /// the worker's connection on the publish, and the message would come round
 /// again and again. Then they are dropped (the body is kept whole) and
 /// `x-onboarding-headers-dropped` says how many bytes went.
+/// The publisher's properties for the dead copy, less two that would defeat
+/// it: `expiration` (the copy is kept until an operator acts) and `user_id`
+/// (the broker refuses a `user_id` other than the publishing connection's).
+fn kept_properties(p: &BasicProperties) -> BasicProperties {
+    let mut k = BasicProperties::default();
+    if let Some(v) = p.content_type() {
+        k = k.with_content_type(v.clone());
+    }
+    if let Some(v) = p.content_encoding() {
+        k = k.with_content_encoding(v.clone());
+    }
+    if let Some(v) = p.headers() {
+        k = k.with_headers(v.clone());
+    }
+    if let Some(v) = p.priority() {
+        k = k.with_priority(*v);
+    }
+    if let Some(v) = p.correlation_id() {
+        k = k.with_correlation_id(v.clone());
+    }
+    if let Some(v) = p.reply_to() {
+        k = k.with_reply_to(v.clone());
+    }
+    if let Some(v) = p.message_id() {
+        k = k.with_message_id(v.clone());
+    }
+    if let Some(v) = p.timestamp() {
+        k = k.with_timestamp(*v);
+    }
+    if let Some(v) = p.kind() {
+        k = k.with_type(v.clone());
+    }
+    if let Some(v) = p.app_id() {
+        k = k.with_app_id(v.clone());
+    }
+    k
+}
+
 pub fn dead_properties(original: Option<&BasicProperties>, reason: &DeadReason) -> BasicProperties {
     let props = original
-        .cloned()
+        .map(kept_properties)
         .unwrap_or_else(|| persistent("application/json"))
         .with_delivery_mode(2);
     let mut headers = FieldTable::default();
@@ -361,7 +399,13 @@ pub async fn run(
         if shutdown.is_cancelled() {
             break;
         }
-        match session(&settings, &engine, &health, &metrics, &shutdown).await {
+        let started = std::time::Instant::now();
+        let outcome = session(&settings, &engine, &health, &metrics, &shutdown).await;
+        // A session that stayed up a while resets the back-off.
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = new_backoff(&settings);
+        }
+        match outcome {
             Ok(()) => break, // shut down cleanly
             Err(e) => {
                 health.set_ready(false);
@@ -373,10 +417,6 @@ pub async fn run(
                     _ = shutdown.cancelled() => break,
                 }
             }
-        }
-        // A session that ran for a while resets the back-off.
-        if health.is_ready() {
-            backoff = new_backoff(&settings);
         }
     }
     health.set_ready(false);
@@ -457,7 +497,7 @@ async fn session(
                 Some((source, Ok(delivery))) => {
                     let engine = engine.clone();
                     let transport = transport.clone();
-                    tracker.spawn(async move { handle(source, delivery, &engine, transport.as_ref()).await });
+                    tracker.spawn(handle(source, delivery, engine, transport));
                 }
                 Some((_, Err(e))) => break Some(BrokerError::Amqp(e)),
                 None => break Some(BrokerError::Other("a consumer was cancelled by the broker".into())),
@@ -496,21 +536,31 @@ async fn session(
 
 async fn handle(
     source: Source,
-    delivery: lapin::message::Delivery,
-    engine: &Engine,
-    transport: &dyn Transport,
+    mut delivery: lapin::message::Delivery,
+    engine: Engine,
+    transport: Arc<dyn Transport>,
 ) {
     let replay = is_replay(&delivery.properties);
     let props = OriginalProps(Some(Arc::new(delivery.properties.clone())));
-    let incoming = Incoming {
-        body: &delivery.data,
-        redelivered: delivery.redelivered,
-        replay,
-        props,
-    };
-    let result: Result<(), EngineError> = match source {
-        Source::Requests => engine.handle_request(transport, incoming).await,
-        Source::Steps(_) => engine.handle_step(transport, incoming).await,
+    let body = std::mem::take(&mut delivery.data);
+    let redelivered = delivery.redelivered;
+    // In a task of its own, so that a panic still ends in a nack below
+    // instead of leaving the delivery unacknowledged until the channel closes.
+    let work = tokio::spawn(async move {
+        let incoming = Incoming {
+            body: &body,
+            redelivered,
+            replay,
+            props,
+        };
+        match source {
+            Source::Requests => engine.handle_request(transport.as_ref(), incoming).await,
+            Source::Steps(_) => engine.handle_step(transport.as_ref(), incoming).await,
+        }
+    });
+    let result: Result<(), String> = match work.await {
+        Ok(r) => r.map_err(|e: EngineError| e.to_string()),
+        Err(e) => Err(format!("the handler panicked: {e}")),
     };
     match result {
         Ok(()) => match delivery.acker.ack(BasicAckOptions::default()).await {
@@ -522,8 +572,9 @@ async fn handle(
         },
         Err(e) => {
             error!(error.message = %e, queue = %source.queue(), "could not finish handling a message; it goes back to its queue");
-            // A pause so a ledger or broker outage does not become a hot loop.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // A pause so an outage does not become a hot loop (ledger errors
+            // were already retried for a while; see ledger::timed).
+            tokio::time::sleep(Duration::from_secs(1)).await;
             let _ = delivery
                 .acker
                 .nack(BasicNackOptions {

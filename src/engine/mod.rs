@@ -49,6 +49,11 @@ pub enum EngineError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// A step message for a request this worker's ledger does not hold: most
+    /// likely workers on different ledgers. Handed back to the queue for a
+    /// worker that has it (the delivery limit ends the loop in `onboarding.dead`).
+    #[error("step message for request {0:?}, which this worker's ledger does not hold (are all workers on one ledger?)")]
+    UnknownRequest(String),
 }
 
 /// The broker's properties of a message the engine forwards whole; opaque here.
@@ -241,8 +246,16 @@ impl Engine {
                 // published; publishing it again is safe (the cursor drops a copy).
                 info!("redelivered request not yet started: publishing its first step again");
                 let first = first_step(&request.request_id, request.provider);
-                t.publish_step(request.provider, first.to_bytes(), Duration::ZERO)
-                    .await?;
+                let accepted = Event::new(
+                    EventKind::Accepted,
+                    Some(&request.request_id),
+                    Some(request.provider),
+                    Some(request.operation),
+                );
+                tokio::try_join!(
+                    t.publish_step(request.provider, first.to_bytes(), Duration::ZERO),
+                    self.publish_event(t, &accepted),
+                )?;
                 Ok(())
             }
             _ => {
@@ -422,7 +435,7 @@ impl Engine {
         let lease = provider.call_timeout() + self.settings.lease_margin;
         let (record, interrupted) = match self
             .ledger
-            .claim(&m.request_id, m.seq, &owner, lease)
+            .claim(&m.request_id, m.seq, m.step, &owner, lease)
             .await?
         {
             Claim::Granted {
@@ -447,22 +460,31 @@ impl Engine {
                 t.publish_step(provider_id, m.to_bytes(), wait).await?;
                 return Ok(());
             }
-            Claim::Unknown => {
-                warn!("step message for a request the ledger does not know: dropped");
-                return Ok(());
-            }
+            Claim::Unknown => return Err(EngineError::UnknownRequest(m.request_id.clone())),
         };
+        let request_id = m.request_id.clone();
+        let seq = m.seq;
         let run = StepRun {
             engine: self,
             t,
             provider: provider.as_ref(),
             provider_id,
             m,
-            owner,
+            owner: owner.clone(),
             record,
             interrupted,
         };
-        run.go().await
+        let result = run.go().await;
+        if result.is_err() {
+            // The message goes back to the queue: release its lease (cursor
+            // unchanged) so the redelivered copy redoes what did not happen
+            // instead of waiting a whole lease. Best effort.
+            let _ = self
+                .ledger
+                .advance(&request_id, &owner, seq, &Progress::default())
+                .await;
+        }
+        result
     }
 }
 
@@ -985,7 +1007,12 @@ impl StepRun<'_> {
     }
 
     async fn publish_failure(&self, event: &Event) -> Result<(), EngineError> {
-        let error = event.error.clone().expect("a failed event has an error");
+        let error = event.error.clone().unwrap_or_else(|| wire::EventError {
+            kind: ErrorKind::Rejected.as_str().into(),
+            step: None,
+            http_status: None,
+            message: "failed".into(),
+        });
         let kind = ErrorKind::parse(&error.kind).unwrap_or(ErrorKind::Rejected);
         let reason = DeadReason {
             request_id: Some(self.m.request_id.clone()),

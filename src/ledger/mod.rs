@@ -152,13 +152,16 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Takes the request's lease for `lease` to work on the step message `seq`,
     /// and moves the cursor to `seq`: a message being claimed was published, so
-    /// every older one is superseded. A claim with a newer `seq` than the
-    /// lease's is the holder's own successor and takes the lease over; callers
-    /// use a fresh `owner` per claim.
+    /// every older one is superseded. A claim for a later message *and* a later
+    /// plan `step` than the lease's is the holder's successor (published only
+    /// after the holder's step was recorded) and takes the lease over; a copy
+    /// of the same step waits, whatever its `seq`. Callers use a fresh `owner`
+    /// per claim.
     async fn claim(
         &self,
         request_id: &str,
         seq: i64,
+        step: u32,
         owner: &str,
         lease: Duration,
     ) -> Result<Claim, LedgerError>;

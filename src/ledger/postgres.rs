@@ -67,6 +67,8 @@ const MIGRATIONS: &[&[&str]] = &[
         // `counts` reads running requests only; finished ones are the bulk.
         "CREATE INDEX requests_running ON requests (waiting_until) WHERE status = 'running'",
     ],
+    // 2: the plan step a lease was taken for.
+    &["ALTER TABLE requests ADD COLUMN lease_step BIGINT"],
 ];
 
 /// The whole record in one statement (one snapshot), steps included.
@@ -233,13 +235,15 @@ impl Ledger for PostgresLedger {
         &self,
         request_id: &str,
         seq: i64,
+        step: u32,
         owner: &str,
         lease: Duration,
     ) -> Result<Claim, LedgerError> {
         let now = now_ms();
+        let step = step as i64;
         let mut tx = self.pool.begin().await?;
         let Some(row) = sqlx::query(
-            "SELECT cursor, lease_owner, lease_until, lease_seq FROM requests
+            "SELECT cursor, lease_owner, lease_until, lease_seq, lease_step FROM requests
              WHERE request_id = $1 FOR UPDATE",
         )
         .bind(request_id)
@@ -257,26 +261,30 @@ impl Ledger for PostgresLedger {
         let holder: Option<String> = row.try_get("lease_owner")?;
         let until: Option<i64> = row.try_get("lease_until")?;
         let held_seq: Option<i64> = row.try_get("lease_seq")?;
+        let held_step: Option<i64> = row.try_get("lease_step")?;
+        // Only a later message of a later plan step is the holder's successor
+        // (published after the holder's step was recorded).
+        let same_step =
+            seq <= held_seq.unwrap_or(i64::MAX) || step <= held_step.unwrap_or(i64::MAX);
         let mut interrupted = false;
         if let (Some(holder), Some(until)) = (holder, until) {
-            // The lease of a copy of this same message (or a newer one) ran
-            // out unreleased: its worker died or stalled mid-step.
-            interrupted = holder != owner && until <= now && seq <= held_seq.unwrap_or(i64::MAX);
-            // A newer message is the holder's own successor (published only
-            // after the holder's provider work was recorded): it takes over.
-            if holder != owner && until > now && seq <= held_seq.unwrap_or(i64::MAX) {
+            // The lease of a copy of this step ran out unreleased: its worker
+            // died or stalled mid-step.
+            interrupted = holder != owner && until <= now && same_step;
+            if holder != owner && until > now && same_step {
                 tx.commit().await?;
                 return Ok(Claim::Busy { until_ms: until });
             }
         }
         sqlx::query(
-            "UPDATE requests SET lease_owner = $1, lease_until = $2, lease_seq = $3, cursor = GREATEST(cursor, $3)
-             WHERE request_id = $4",
+            "UPDATE requests SET lease_owner = $1, lease_until = $2, lease_seq = $3, cursor = GREATEST(cursor, $3),
+             lease_step = $5, waiting_until = NULL WHERE request_id = $4",
         )
         .bind(owner)
         .bind(now + lease.as_millis() as i64)
         .bind(seq)
         .bind(request_id)
+        .bind(step)
         .execute(&mut *tx)
         .await?;
         // Read after the lock was granted, in a statement of its own: the

@@ -64,6 +64,9 @@ const MIGRATIONS: &[&str] = &[
     // Private values now live with the step that produced them (as outputs do),
     // so recording a step is one INSERT.
     "ALTER TABLE steps ADD COLUMN secrets TEXT NOT NULL DEFAULT '{}'",
+    // The plan step the lease was taken for: only a later step's message is
+    // the holder's successor and may take the lease over.
+    "ALTER TABLE requests ADD COLUMN lease_step INTEGER",
 ];
 
 /// Every column a [`RequestRecord`] is built from (`requests.outputs` and
@@ -90,6 +93,7 @@ enum BatchOp {
     Claim {
         request_id: String,
         seq: i64,
+        step: i64,
         owner: String,
         lease_ms: i64,
         /// `Some` when granted: the record and whether a copy was interrupted.
@@ -126,10 +130,11 @@ async fn batch_writer(
                 BatchOp::Claim {
                     request_id,
                     seq,
+                    step,
                     owner,
                     lease_ms,
                     reply,
-                } => claims.push((request_id, seq, owner, lease_ms, reply)),
+                } => claims.push((request_id, seq, step, owner, lease_ms, reply)),
                 BatchOp::Record {
                     request_id,
                     step_key,
@@ -191,6 +196,7 @@ type RecordArgs = (
 type ClaimArgs = (
     String,
     i64,
+    i64,
     String,
     i64,
     oneshot::Sender<Result<Option<(RequestRecord, bool)>, LedgerError>>,
@@ -217,6 +223,11 @@ async fn write_records(pool: &SqlitePool, records: &[RecordArgs]) -> Result<(), 
     Ok(())
 }
 
+/// The claim is not the lease holder's successor: not a later message of a
+/// later plan step (a lease from before `lease_step` existed counts as same).
+const SAME_STEP: &str = "(v.seq <= COALESCE(requests.lease_seq, 9223372036854775807)
+     OR v.step <= COALESCE(requests.lease_step, 9223372036854775807))";
+
 /// Grants each claim whose request is not past its `seq` and whose lease is
 /// free, expired, or held for an older message (the holder's successor takes
 /// over). Every SET expression reads the row as it was before the statement.
@@ -225,35 +236,34 @@ async fn write_claims(
     claims: &[ClaimArgs],
 ) -> Result<std::collections::HashMap<String, (RequestRecord, bool)>, LedgerError> {
     let now = now_ms();
-    // Numbered placeholders throughout: ?1 is `now`, then four per claim
+    // Numbered placeholders throughout: ?1 is `now`, then five per claim
     // (sqlx numbers bare `?` on its own, so the two styles must not be mixed).
     let values = (0..claims.len())
         .map(|i| {
-            let b = 2 + 4 * i;
-            format!("(?{}, ?{}, ?{}, ?{})", b, b + 1, b + 2, b + 3)
+            let b = 2 + 5 * i;
+            format!("(?{}, ?{}, ?{}, ?{}, ?{})", b, b + 1, b + 2, b + 3, b + 4)
         })
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
-        "WITH v(request_id, seq, owner, lease_until) AS (VALUES {values})
+        "WITH v(request_id, seq, step, owner, lease_until) AS (VALUES {values})
          UPDATE requests SET
            lease_interrupted = (requests.lease_owner IS NOT NULL AND requests.lease_owner <> v.owner
-                                AND requests.lease_until <= ?1
-                                AND v.seq <= COALESCE(requests.lease_seq, 9223372036854775807)),
-           lease_owner = v.owner, lease_until = v.lease_until, lease_seq = v.seq,
+                                AND requests.lease_until <= ?1 AND {SAME_STEP}),
+           lease_owner = v.owner, lease_until = v.lease_until, lease_seq = v.seq, lease_step = v.step,
            cursor = MAX(requests.cursor, v.seq), waiting_until = NULL, updated_at = ?1
          FROM v
          WHERE requests.request_id = v.request_id AND requests.cursor <= v.seq
            AND NOT (requests.lease_owner IS NOT NULL AND requests.lease_owner <> v.owner
-                    AND requests.lease_until > ?1
-                    AND v.seq <= COALESCE(requests.lease_seq, 9223372036854775807))
+                    AND requests.lease_until > ?1 AND {SAME_STEP})
          RETURNING {REQUEST_COLUMNS}, {STEPS_JSON}"
     );
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
-    for (request_id, seq, owner, lease_ms, _) in claims {
+    for (request_id, seq, step, owner, lease_ms, _) in claims {
         q = q
             .bind(request_id)
             .bind(*seq)
+            .bind(*step)
             .bind(owner)
             .bind(now + lease_ms);
     }
@@ -428,6 +438,7 @@ impl Ledger for SqliteLedger {
         &self,
         request_id: &str,
         seq: i64,
+        step: u32,
         owner: &str,
         lease: Duration,
     ) -> Result<Claim, LedgerError> {
@@ -437,6 +448,7 @@ impl Ledger for SqliteLedger {
             .send(BatchOp::Claim {
                 request_id: request_id.to_string(),
                 seq,
+                step: step as i64,
                 owner: owner.to_string(),
                 lease_ms: lease.as_millis() as i64,
                 reply,

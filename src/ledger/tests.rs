@@ -188,6 +188,7 @@ ledger_tests! {
         an_unknown_request_is_unknown_everywhere,
         an_older_step_message_is_stale_once_the_cursor_moved_on,
         claiming_a_newer_message_makes_older_copies_stale,
+        a_newer_message_of_the_same_step_does_not_take_over_a_live_lease,
         an_expired_unreleased_lease_marks_the_next_claim_interrupted,
         a_late_advance_does_not_overwrite_newer_progress,
         a_held_lease_makes_a_second_copy_wait_until_it_expires,
@@ -303,7 +304,7 @@ async fn the_request_is_kept_byte_for_byte(s: Store) {
 async fn an_unknown_request_is_unknown_everywhere(s: Store) {
     let l = s.open().await;
     assert!(matches!(
-        l.claim("nope", 0, "a", MINUTE).await.unwrap(),
+        l.claim("nope", 0, 0, "a", MINUTE).await.unwrap(),
         Claim::Unknown
     ));
     assert!(l.get("nope").await.unwrap().is_none());
@@ -331,16 +332,22 @@ async fn an_older_step_message_is_stale_once_the_cursor_moved_on(s: Store) {
     let l = s.open().await;
     l.accept(&req("r1")).await.unwrap();
     assert!(matches!(
-        l.claim("r1", 0, "a", Duration::from_secs(5)).await.unwrap(),
+        l.claim("r1", 0, 0, "a", Duration::from_secs(5))
+            .await
+            .unwrap(),
         Claim::Granted { .. }
     ));
     l.advance("r1", "a", 1, &Progress::default()).await.unwrap();
     assert!(matches!(
-        l.claim("r1", 0, "b", Duration::from_secs(5)).await.unwrap(),
+        l.claim("r1", 0, 0, "b", Duration::from_secs(5))
+            .await
+            .unwrap(),
         Claim::Stale
     ));
     assert!(matches!(
-        l.claim("r1", 1, "b", Duration::from_secs(5)).await.unwrap(),
+        l.claim("r1", 1, 1, "b", Duration::from_secs(5))
+            .await
+            .unwrap(),
         Claim::Granted { .. }
     ));
     // The cursor never goes back.
@@ -354,11 +361,11 @@ async fn a_held_lease_makes_a_second_copy_wait_until_it_expires(s: Store) {
     let lease = Duration::from_millis(1000);
     let before = now_ms();
     assert!(matches!(
-        l.claim("r1", 0, "a", lease).await.unwrap(),
+        l.claim("r1", 0, 0, "a", lease).await.unwrap(),
         Claim::Granted { .. }
     ));
     let after = now_ms();
-    let until = match l.claim("r1", 0, "b", lease).await.unwrap() {
+    let until = match l.claim("r1", 0, 0, "b", lease).await.unwrap() {
         Claim::Busy { until_ms } => until_ms,
         other => panic!("{other:?}"),
     };
@@ -369,12 +376,12 @@ async fn a_held_lease_makes_a_second_copy_wait_until_it_expires(s: Store) {
     let wait = until + 50 - now_ms();
     tokio::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
     assert!(matches!(
-        l.claim("r1", 0, "b", lease).await.unwrap(),
+        l.claim("r1", 0, 0, "b", lease).await.unwrap(),
         Claim::Granted { .. }
     ));
     // And now "a"'s copy waits for "b".
     assert!(matches!(
-        l.claim("r1", 0, "a", lease).await.unwrap(),
+        l.claim("r1", 0, 0, "a", lease).await.unwrap(),
         Claim::Busy { .. }
     ));
 }
@@ -383,20 +390,20 @@ async fn a_released_lease_lets_the_next_copy_in_at_once(s: Store) {
     let l = s.open().await;
     l.accept(&req("r1")).await.unwrap();
     assert!(matches!(
-        l.claim("r1", 0, "a", MINUTE).await.unwrap(),
+        l.claim("r1", 0, 0, "a", MINUTE).await.unwrap(),
         Claim::Granted { .. }
     ));
     // Someone else's advance releases nothing.
     l.advance("r1", "x", 0, &Progress::default()).await.unwrap();
     assert!(matches!(
-        l.claim("r1", 0, "b", MINUTE).await.unwrap(),
+        l.claim("r1", 0, 0, "b", MINUTE).await.unwrap(),
         Claim::Busy { .. }
     ));
     // The holder's does (here without moving the cursor, as a retry that
     // failed to publish would not).
     l.advance("r1", "a", 0, &Progress::default()).await.unwrap();
     assert!(matches!(
-        l.claim("r1", 0, "b", MINUTE).await.unwrap(),
+        l.claim("r1", 0, 0, "b", MINUTE).await.unwrap(),
         Claim::Granted { .. }
     ));
 }
@@ -405,24 +412,43 @@ async fn the_successor_of_the_lease_holder_takes_the_lease_over_at_once(s: Store
     let l = s.open().await;
     l.accept(&req("r1")).await.unwrap();
     assert!(matches!(
-        l.claim("r1", 0, "a", MINUTE).await.unwrap(),
+        l.claim("r1", 0, 0, "a", MINUTE).await.unwrap(),
         Claim::Granted { .. }
     ));
     // "a" published seq 1 and has not yet released its lease.
     assert!(matches!(
-        l.claim("r1", 1, "b", MINUTE).await.unwrap(),
+        l.claim("r1", 1, 1, "b", MINUTE).await.unwrap(),
         Claim::Granted { .. }
     ));
     // A second copy of seq 1 waits for "b".
     assert!(matches!(
-        l.claim("r1", 1, "c", MINUTE).await.unwrap(),
+        l.claim("r1", 1, 1, "c", MINUTE).await.unwrap(),
         Claim::Busy { .. }
     ));
     // "a" releasing late does not release "b"'s lease.
     l.advance("r1", "a", 1, &Progress::default()).await.unwrap();
     assert!(matches!(
-        l.claim("r1", 1, "c", MINUTE).await.unwrap(),
+        l.claim("r1", 1, 1, "c", MINUTE).await.unwrap(),
         Claim::Busy { .. }
+    ));
+}
+
+async fn a_newer_message_of_the_same_step_does_not_take_over_a_live_lease(s: Store) {
+    // A forked chain: (seq 2, step 2) is calling the provider when (seq 3,
+    // step 2) arrives. Only a later step's message is the holder's successor.
+    let l = s.open().await;
+    l.accept(&req("r1")).await.unwrap();
+    assert!(matches!(
+        l.claim("r1", 2, 2, "a", MINUTE).await.unwrap(),
+        Claim::Granted { .. }
+    ));
+    assert!(matches!(
+        l.claim("r1", 3, 2, "b", MINUTE).await.unwrap(),
+        Claim::Busy { .. }
+    ));
+    assert!(matches!(
+        l.claim("r1", 3, 3, "c", MINUTE).await.unwrap(),
+        Claim::Granted { .. }
     ));
 }
 
@@ -430,16 +456,16 @@ async fn claiming_a_newer_message_makes_older_copies_stale(s: Store) {
     let l = s.open().await;
     l.accept(&req("r1")).await.unwrap();
     assert!(matches!(
-        l.claim("r1", 0, "a", MINUTE).await.unwrap(),
+        l.claim("r1", 0, 0, "a", MINUTE).await.unwrap(),
         Claim::Granted { .. }
     ));
     // Seq 1 exists, so it was published: seq 0 is superseded even before "a" advances.
     assert!(matches!(
-        l.claim("r1", 1, "b", MINUTE).await.unwrap(),
+        l.claim("r1", 1, 1, "b", MINUTE).await.unwrap(),
         Claim::Granted { .. }
     ));
     assert!(matches!(
-        l.claim("r1", 0, "c", MINUTE).await.unwrap(),
+        l.claim("r1", 0, 0, "c", MINUTE).await.unwrap(),
         Claim::Stale
     ));
     assert_eq!(l.get("r1").await.unwrap().unwrap().cursor, 1);
@@ -450,7 +476,7 @@ async fn an_expired_unreleased_lease_marks_the_next_claim_interrupted(s: Store) 
     l.accept(&req("r1")).await.unwrap();
     let short = Duration::from_millis(200);
     assert!(matches!(
-        l.claim("r1", 0, "a", short).await.unwrap(),
+        l.claim("r1", 0, 0, "a", short).await.unwrap(),
         Claim::Granted {
             interrupted: false,
             ..
@@ -459,7 +485,7 @@ async fn an_expired_unreleased_lease_marks_the_next_claim_interrupted(s: Store) 
     tokio::time::sleep(Duration::from_millis(250)).await;
     // "a" died mid-step: its lease ran out unreleased.
     assert!(matches!(
-        l.claim("r1", 0, "b", short).await.unwrap(),
+        l.claim("r1", 0, 0, "b", short).await.unwrap(),
         Claim::Granted {
             interrupted: true,
             ..
@@ -468,7 +494,7 @@ async fn an_expired_unreleased_lease_marks_the_next_claim_interrupted(s: Store) 
     // A released lease is no sign of a crash.
     l.advance("r1", "b", 1, &Progress::default()).await.unwrap();
     assert!(matches!(
-        l.claim("r1", 1, "c", short).await.unwrap(),
+        l.claim("r1", 1, 1, "c", short).await.unwrap(),
         Claim::Granted {
             interrupted: false,
             ..
@@ -476,7 +502,7 @@ async fn an_expired_unreleased_lease_marks_the_next_claim_interrupted(s: Store) 
     ));
     // Nor is a predecessor's lease taken over by its successor.
     assert!(matches!(
-        l.claim("r1", 2, "d", short).await.unwrap(),
+        l.claim("r1", 2, 2, "d", short).await.unwrap(),
         Claim::Granted {
             interrupted: false,
             ..
@@ -492,7 +518,7 @@ async fn a_late_advance_does_not_overwrite_newer_progress(s: Store) {
         current_index: Some(3),
         waiting_until_ms: Some(until),
     };
-    l.claim("r1", 1, "b", MINUTE).await.unwrap();
+    l.claim("r1", 1, 1, "b", MINUTE).await.unwrap();
     l.advance("r1", "b", 2, &waiting("poll_order", 2_000))
         .await
         .unwrap();
@@ -569,7 +595,7 @@ async fn recorded_steps_merge_outputs_once(s: Store) {
     done.sort();
     assert_eq!(done, vec!["create_tenant", "create_user#1"]);
     // And a claim brings all of it.
-    let Claim::Granted { record: c, .. } = l.claim("r1", 0, "a", MINUTE).await.unwrap() else {
+    let Claim::Granted { record: c, .. } = l.claim("r1", 0, 0, "a", MINUTE).await.unwrap() else {
         panic!("not granted")
     };
     assert_eq!((c.outputs, c.secrets), (r.outputs, r.secrets));
@@ -683,7 +709,7 @@ async fn a_finished_request_keeps_its_end_through_a_late_advance(s: Store) {
     assert!(l.redrive("r1").await.unwrap().is_none());
     // A copy of a finished request's step message is still granted: the
     // engine then publishes its final event again.
-    match l.claim("r1", 2, "b", MINUTE).await.unwrap() {
+    match l.claim("r1", 2, 2, "b", MINUTE).await.unwrap() {
         Claim::Granted { record: r, .. } => assert_eq!(r.status, Status::Completed),
         other => panic!("{other:?}"),
     }
@@ -795,7 +821,9 @@ async fn two_processes_writing_one_ledger_all_succeed(s: Store) {
         tasks.push(tokio::spawn(async move {
             let id = format!("r{i}");
             l.accept(&req(&id)).await.unwrap();
-            l.claim(&id, 0, "w", Duration::from_secs(5)).await.unwrap();
+            l.claim(&id, 0, 0, "w", Duration::from_secs(5))
+                .await
+                .unwrap();
             l.record_step(&id, "s", &Map::new(), &Map::new(), &Progress::default())
                 .await
                 .unwrap();
@@ -839,7 +867,7 @@ async fn concurrent_claims_of_one_step_message_grant_exactly_one(s: Store) {
             .map(|i| {
                 let l = if i % 2 == 0 { a.clone() } else { b.clone() };
                 tokio::spawn(async move {
-                    l.claim("r1", round, &format!("w{round}-{i}"), MINUTE)
+                    l.claim("r1", round, round as u32, &format!("w{round}-{i}"), MINUTE)
                         .await
                         .unwrap()
                 })
@@ -925,7 +953,7 @@ async fn a_claim_that_waited_for_a_step_record_sees_the_step(s: Store) {
     .unwrap();
     let claim = tokio::spawn({
         let l = l.clone();
-        async move { l.claim("r1", 0, "a", MINUTE).await.unwrap() }
+        async move { l.claim("r1", 0, 0, "a", MINUTE).await.unwrap() }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!claim.is_finished(), "the claim waits for the row lock");

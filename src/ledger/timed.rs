@@ -1,5 +1,9 @@
 //! A ledger that times every operation of the ledger it wraps into
-//! `onboarding_ledger_seconds{op}`; the worker always uses one.
+//! `onboarding_ledger_seconds{op}`, and retries the idempotent ones through a
+//! short database outage (so a step whose provider call succeeded is not
+//! handed back, and called again, because its record hit a locked file); the
+//! worker always uses one. `accept` is not retried: an insert that committed
+//! before its answer was lost would come back as "already known".
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +17,31 @@ use crate::metrics::Metrics;
 pub struct Timed {
     inner: Arc<dyn Ledger>,
     metrics: Metrics,
+}
+
+/// How long an idempotent operation is retried before its error is returned.
+const RETRY_FOR: Duration = Duration::from_secs(20);
+
+/// Runs `op` again while it fails with a database error, with capped back-off.
+async fn retried<T, F, Fut>(what: &str, mut op: F) -> Result<T, LedgerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, LedgerError>>,
+{
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match op().await {
+            Err(e @ (LedgerError::Database(_) | LedgerError::Batch(_)))
+                if started.elapsed() < RETRY_FOR =>
+            {
+                tracing::warn!(op = what, error.message = %e, retry_in_ms = pause.as_millis() as u64, "ledger operation failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
 }
 
 impl Timed {
@@ -38,11 +67,15 @@ impl Ledger for Timed {
         &self,
         request_id: &str,
         seq: i64,
+        step: u32,
         owner: &str,
         lease: Duration,
     ) -> Result<Claim, LedgerError> {
         let _t = self.timer("claim");
-        self.inner.claim(request_id, seq, owner, lease).await
+        retried("claim", || {
+            self.inner.claim(request_id, seq, step, owner, lease)
+        })
+        .await
     }
     async fn record_step(
         &self,
@@ -53,13 +86,15 @@ impl Ledger for Timed {
         progress: &Progress,
     ) -> Result<(), LedgerError> {
         let _t = self.timer("record_step");
-        self.inner
-            .record_step(request_id, step_key, outputs, secrets, progress)
-            .await
+        retried("record_step", || {
+            self.inner
+                .record_step(request_id, step_key, outputs, secrets, progress)
+        })
+        .await
     }
     async fn finish(&self, request_id: &str, finish: &Finish) -> Result<(), LedgerError> {
         let _t = self.timer("finish");
-        self.inner.finish(request_id, finish).await
+        retried("finish", || self.inner.finish(request_id, finish)).await
     }
     async fn advance(
         &self,
@@ -69,17 +104,18 @@ impl Ledger for Timed {
         progress: &Progress,
     ) -> Result<(), LedgerError> {
         let _t = self.timer("advance");
-        self.inner
-            .advance(request_id, owner, next_seq, progress)
-            .await
+        retried("advance", || {
+            self.inner.advance(request_id, owner, next_seq, progress)
+        })
+        .await
     }
     async fn redrive(&self, request_id: &str) -> Result<Option<RequestRecord>, LedgerError> {
         let _t = self.timer("redrive");
-        self.inner.redrive(request_id).await
+        retried("redrive", || self.inner.redrive(request_id)).await
     }
     async fn get(&self, request_id: &str) -> Result<Option<RequestRecord>, LedgerError> {
         let _t = self.timer("get");
-        self.inner.get(request_id).await
+        retried("get", || self.inner.get(request_id)).await
     }
     async fn counts(&self) -> Result<(i64, i64), LedgerError> {
         let _t = self.timer("counts");
