@@ -53,6 +53,9 @@ pub struct Metrics {
     pub create_repeats_total: IntCounterVec,
     /// Events published, by event name.
     pub events_published_total: IntCounterVec,
+    /// Tasks alive in the worker's runtime (sampled): flat while onboardings
+    /// wait, since a waiting onboarding is a message in a delay queue.
+    pub runtime_alive_tasks: IntGauge,
     /// 1 while connected to the broker and consuming.
     pub broker_connected: IntGauge,
     /// Connections (re)established.
@@ -173,6 +176,7 @@ impl Metrics {
             create_repeats_total: counter(&r, "onboarding_create_repeats_total", "Creates run again after an attempt that may have reached the provider (found already made, or made afresh): an upper bound of repeats, by provider and step.", &["provider", "step"]),
             events_published_total: counter(&r, "onboarding_events_published_total", "Events published, by event.", &["event"]),
             broker_connected: gauge(&r, "onboarding_broker_connected", "1 while connected to the broker and consuming."),
+            runtime_alive_tasks: gauge(&r, "onboarding_runtime_alive_tasks", "Tasks alive in the worker's async runtime (sampled every 5 s)."),
             broker_connections_total,
             ledger_seconds,
             publish_seconds,

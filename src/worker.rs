@@ -113,6 +113,7 @@ impl Worker {
     }
 }
 
+/// Samples the gauges that are not counted as things happen, every 5 s.
 async fn sample_gauges(ledger: Arc<dyn Ledger>, metrics: Metrics, shutdown: CancellationToken) {
     loop {
         match ledger.counts().await {
@@ -122,6 +123,11 @@ async fn sample_gauges(ledger: Arc<dyn Ledger>, metrics: Metrics, shutdown: Canc
             }
             Err(e) => warn!(error.message = %e, "could not sample the ledger"),
         }
+        metrics.runtime_alive_tasks.set(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks() as i64,
+        );
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = shutdown.cancelled() => return,

@@ -365,8 +365,40 @@ fn print_phases(title: &str, before: &[(String, f64, u64)], after: &[(String, f6
     }
 }
 
-fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A gauge's value (summed over its series) from a worker's `/metrics`.
+async fn gauge(url: &str, name: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(url).await?.text().await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Waits until a worker's gauge reaches `at_least` (it is sampled every 5 s).
+async fn wait_gauge(url: &str, name: &str, at_least: f64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        if let Ok(v) = gauge(url, name).await {
+            if v >= at_least {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{name} did not reach {at_least}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn proc_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| {
@@ -536,7 +568,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    // (4) waiting costs nothing: the sandbox in its own process so only the worker's memory counts.
+    // (4) waiting costs nothing. The worker runs as a process of its own (the
+    // sandbox too), so its RSS and its runtime's alive tasks are its own.
     eprintln!(
         "[4/5] waiting: {} ComputeStacks onboardings waiting on orders that take 30 minutes",
         sizes.waiting
@@ -544,35 +577,86 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let vhost = Vhost::new(&args.management).await?;
     let (_sandbox_proc, urls) = spawn_sandbox(0, 30 * 60 * 1000)?;
     let dir = tempfile::tempdir()?;
-    let mut settings = base_settings(&vhost, dir.path(), args.concurrency)?;
-    settings.providers.computestacks.base_url = urls["computestacks"].as_str().unwrap().into();
-    if let Some(p) = settings.providers.computestacks.polls.get_mut("poll_order") {
-        p.interval_ms = 60_000;
-        p.max_interval_ms = 300_000;
-        p.deadline_ms = 3_600_000;
-    }
+    let ledger = format!("sqlite://{}/ledger.sqlite", dir.path().display());
+    let metrics_port = free_port()?;
+    let mut env = worker_env(&vhost.amqp(), &ledger, &urls, args.concurrency);
+    env.insert(
+        "ONBOARDING__METRICS__LISTEN".into(),
+        format!("127.0.0.1:{metrics_port}"),
+    );
+    env.insert(
+        "ONBOARDING__PROVIDERS__COMPUTESTACKS__CALLS__CONCURRENCY".into(),
+        args.concurrency.to_string(),
+    );
+    env.insert(
+        "ONBOARDING__PROVIDERS__COMPUTESTACKS__POLLS__POLL_ORDER__INTERVAL_MS".into(),
+        "60000".into(),
+    );
+    env.insert(
+        "ONBOARDING__PROVIDERS__COMPUTESTACKS__POLLS__POLL_ORDER__MAX_INTERVAL_MS".into(),
+        "300000".into(),
+    );
+    env.insert(
+        "ONBOARDING__PROVIDERS__COMPUTESTACKS__POLLS__POLL_ORDER__DEADLINE_MS".into(),
+        "3600000".into(),
+    );
+    let child = Command::new(std::env::current_exe()?)
+        .arg("__worker")
+        .envs(&env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let worker_proc = ChildGuard(child);
     let admin = Admin::connect(&vhost.amqp()).await?;
-    let token = CancellationToken::new();
-    let worker = Worker::start(&settings, token.clone()).await?;
-    publish_all(&admin, &[computestacks("wait-warmup")]).await?;
-    wait_waiting(&worker, 1).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let handle = tokio::runtime::Handle::current();
-    let (rss0, tasks0) = (rss_mb(), handle.metrics().num_alive_tasks() as i64);
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    // Warm-up: as many onboardings as the worker runs at once, left waiting,
+    // so pools and caches are at their working size before the baseline.
+    let warmup = args.concurrency;
+    let warm: Vec<Value> = (0..warmup)
+        .map(|i| computestacks(&format!("wait-warm-{i}")))
+        .collect();
+    publish_all(&admin, &warm).await?;
+    wait_gauge(
+        &metrics_url,
+        "onboarding_onboardings_waiting",
+        warmup as f64,
+    )
+    .await?;
+    // Idle provider connections (a task each) close after 30 s; a full run
+    // waits that out before each sample so only what waiting costs remains.
+    let settle = if args.quick {
+        Duration::from_secs(6)
+    } else {
+        Duration::from_secs(36)
+    };
+    tokio::time::sleep(settle).await;
+    let (rss0, tasks0) = (
+        proc_rss_mb(pid),
+        gauge(&metrics_url, "onboarding_runtime_alive_tasks").await?,
+    );
     let requests: Vec<Value> = (0..sizes.waiting)
         .map(|i| computestacks(&format!("wait-{i}")))
         .collect();
     publish_all(&admin, &requests).await?;
-    wait_waiting(&worker, sizes.waiting as i64 + 1).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (rss1, tasks1) = (rss_mb(), handle.metrics().num_alive_tasks() as i64);
+    wait_gauge(
+        &metrics_url,
+        "onboarding_onboardings_waiting",
+        (sizes.waiting + warmup) as f64,
+    )
+    .await?;
+    tokio::time::sleep(settle).await;
+    let (rss1, tasks1) = (
+        proc_rss_mb(pid),
+        gauge(&metrics_url, "onboarding_runtime_alive_tasks").await?,
+    );
     let in_delay = delay_depth(&admin).await?;
-    eprintln!("      RSS {rss0:.1} → {rss1:.1} MB, alive tasks {tasks0} → {tasks1}, {in_delay} messages in delay queues");
-    token.cancel();
-    worker.stopped().await;
+    eprintln!("      worker process RSS {rss0:.1} → {rss1:.1} MB, alive tasks {tasks0} → {tasks1}, {in_delay} messages in delay queues");
+    drop(worker_proc);
     admin.close().await;
     drop(_sandbox_proc);
     vhost.delete().await;
+    let (tasks0, tasks1) = (tasks0 as i64, tasks1 as i64);
 
     // (5) scale-out on a latency-bound load.
     let latency_ms = 100;
@@ -692,20 +776,6 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         println!("{}", Value::Object(figures));
     }
     Ok(())
-}
-
-async fn wait_waiting(worker: &Worker, n: i64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let (_, waiting) = worker.ledger.counts().await?;
-        if waiting >= n {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("only {waiting} of {n} onboardings reached their wait");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 async fn delay_depth(admin: &Admin) -> anyhow::Result<u32> {

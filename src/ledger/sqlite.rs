@@ -285,7 +285,10 @@ impl SqliteLedger {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // 1 MiB of page cache per connection (the default is 2): the ledger is
+            // read by primary key, and memory must not grow with the table.
+            .pragma("cache_size", "-1024");
         if let Some(dir) = options.get_filename().parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir).map_err(|e| {

@@ -227,6 +227,27 @@ async fn status_shows_completed_failed_waiting_and_unknown_requests() {
     );
     assert!(text(&run(&env, &["status", "st-waiting"]).await).contains("waiting"));
 
+    // Running: a step's call in progress (the provider hangs a while).
+    env.sandbox.sharespine.knobs.inject(FaultRule {
+        method: Some("POST".into()),
+        path_contains: "/reseller/tenant".into(),
+        fault: Fault::Hang { ms: 1200 },
+        times: 1,
+    });
+    env.publish(&sharespine_request("st-running", "strunning", &[], None))
+        .await;
+    env.wait_event(Duration::from_secs(30), |e| {
+        e["request_id"] == "st-running" && e["event"] == "accepted"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = run(&env, &["status", "st-running", "--json"]).await;
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "running", "{v:#}");
+    assert_eq!(v["current_step"], "create_tenant", "{v:#}");
+    assert!(v["waiting_until"].is_null(), "running, not waiting: {v:#}");
+    assert!(text(&run(&env, &["status", "st-running"]).await).contains("next step"));
+
     let out = run(&env, &["status", "no-such-request"]).await;
     assert_eq!(out.status.code(), Some(1), "unknown id exits 1");
     env.shutdown().await;
