@@ -939,24 +939,7 @@ impl StepRun<'_> {
         published?;
         finished?;
         self.engine.publish_event(self.t, &event).await?;
-        self.engine
-            .ledger
-            .advance(
-                &self.m.request_id,
-                &self.owner,
-                self.m.seq + 1,
-                &Progress::default(),
-            )
-            .await?;
-        self.engine
-            .metrics
-            .requests_total
-            .with_label_values(&[
-                self.provider_id.as_str(),
-                self.operation().as_str(),
-                "completed",
-            ])
-            .inc();
+        self.wind_up("completed").await?;
         info!(duration_ms = event.duration_ms, "completed");
         Ok(())
     }
@@ -985,6 +968,12 @@ impl StepRun<'_> {
             .await?;
         warn!(step = step_name.unwrap_or("-"), error.kind = kind.as_str(), http_status, error.message = %message, "failed");
         self.publish_failure(&event).await?;
+        self.wind_up(kind.as_str()).await
+    }
+
+    /// After a request's end is recorded and announced: the chain moves past
+    /// this message (releasing its lease) and the outcome is counted.
+    async fn wind_up(&self, outcome: &str) -> Result<(), EngineError> {
         self.engine
             .ledger
             .advance(
@@ -1000,7 +989,7 @@ impl StepRun<'_> {
             .with_label_values(&[
                 self.provider_id.as_str(),
                 self.operation().as_str(),
-                kind.as_str(),
+                outcome,
             ])
             .inc();
         Ok(())
