@@ -115,36 +115,6 @@ async fn read_events(client: &reqwest::Client, vhost: &str) -> Option<Vec<Value>
     )
 }
 
-/// The worker queues (requests, steps, delays) holding ready or unacknowledged messages.
-fn busy_queues(vhost: &Vhost) -> Vec<String> {
-    let (status, body) = mgmt(
-        "GET",
-        &format!(
-            "/api/queues/{}?columns=name,messages_ready,messages_unacknowledged",
-            vhost.name
-        ),
-        None,
-    );
-    if status != 200 {
-        return vec![format!("(management API answered {status})")];
-    }
-    let queues: Vec<Value> = serde_json::from_str(&body).unwrap_or_default();
-    queues
-        .iter()
-        .filter(|q| {
-            let name = q["name"].as_str().unwrap_or_default();
-            name == "onboarding.requests"
-                || name.starts_with("onboarding.steps.")
-                || name.starts_with("onboarding.delay.")
-        })
-        .filter(|q| {
-            q["messages_ready"].as_i64().unwrap_or(0) != 0
-                || q["messages_unacknowledged"].as_i64().unwrap_or(0) != 0
-        })
-        .map(|q| q.to_string())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_with_onboardings_in_flight_is_survived_and_each_completes_once() {
     let env = TestEnv::start_with(|s| {
@@ -262,7 +232,7 @@ async fn a_broker_restart_with_onboardings_in_flight_is_survived_and_each_comple
             "{} of {REQUESTS} not completed in the ledger 60 s after the broker's return \
              (status, cursor, steps done, current step): {open:#?}\nworker queues: {:?}",
             open.len(),
-            busy_queues(&env.vhost)
+            env.vhost.busy_queues()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -330,7 +300,7 @@ async fn a_broker_restart_with_onboardings_in_flight_is_survived_and_each_comple
     let mut quiet = 0;
     while quiet < 3 {
         tokio::time::sleep(Duration::from_millis(600)).await;
-        let busy = busy_queues(&env.vhost);
+        let busy = env.vhost.busy_queues();
         quiet = if busy.is_empty() { quiet + 1 } else { 0 };
         assert!(
             Instant::now() < deadline,

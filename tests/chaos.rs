@@ -956,41 +956,6 @@ fn create_calls(env: &TestEnv) -> Vec<(String, u64, usize)> {
     ]
 }
 
-/// The worker queues (requests, steps, delays) with ready or unacknowledged messages.
-fn busy_queues(vhost: &Vhost) -> Vec<String> {
-    let (status, body) = mgmt(
-        "GET",
-        &format!(
-            "/api/queues/{}?columns=name,messages_ready,messages_unacknowledged",
-            vhost.name
-        ),
-        None,
-    );
-    if status != 200 {
-        return vec![format!("(management API answered {status})")];
-    }
-    let queues: Vec<Value> = serde_json::from_str(&body).unwrap_or_default();
-    queues
-        .iter()
-        .filter(|q| {
-            let name = q["name"].as_str().unwrap_or_default();
-            name == "onboarding.requests"
-                || name.starts_with("onboarding.steps.")
-                || name.starts_with("onboarding.delay.")
-        })
-        .filter_map(|q| {
-            let ready = q["messages_ready"].as_i64().unwrap_or(0);
-            let unacked = q["messages_unacknowledged"].as_i64().unwrap_or(0);
-            (ready != 0 || unacked != 0).then(|| {
-                format!(
-                    "{} (ready {ready}, unacked {unacked})",
-                    q["name"].as_str().unwrap_or("?")
-                )
-            })
-        })
-        .collect()
-}
-
 // ---- the run -------------------------------------------------------------------------
 
 async fn run_chaos(backend: Backend) {
@@ -1155,7 +1120,7 @@ async fn run_chaos(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(600)).await;
         fleet.check_exits();
         fleet.scrape_all().await;
-        busy = busy_queues(&env.vhost);
+        busy = env.vhost.busy_queues();
         quiet_looks = if busy.is_empty() { quiet_looks + 1 } else { 0 };
         if Instant::now() > quiet_deadline {
             problems.push(format!(

@@ -177,16 +177,7 @@ impl Engine {
             };
             match self.ledger.accept(&new).await? {
                 Accept::New { .. } => {
-                    let accepted = Event::new(
-                        EventKind::Accepted,
-                        Some(&request.request_id),
-                        Some(request.provider),
-                        Some(request.operation),
-                    );
-                    tokio::try_join!(
-                        t.publish_step(request.provider, first.to_bytes(), Duration::ZERO),
-                        self.publish_event(t, &accepted),
-                    )?;
+                    self.start(t, &request, &first).await?;
                     self.metrics
                         .requests_accepted_total
                         .with_label_values(&[request.provider.as_str(), request.operation.as_str()])
@@ -245,18 +236,12 @@ impl Engine {
                 // Possibly our own accept that died before its first step was
                 // published; publishing it again is safe (the cursor drops a copy).
                 info!("redelivered request not yet started: publishing its first step again");
-                let first = first_step(&request.request_id, request.provider);
-                let accepted = Event::new(
-                    EventKind::Accepted,
-                    Some(&request.request_id),
-                    Some(request.provider),
-                    Some(request.operation),
-                );
-                tokio::try_join!(
-                    t.publish_step(request.provider, first.to_bytes(), Duration::ZERO),
-                    self.publish_event(t, &accepted),
-                )?;
-                Ok(())
+                self.start(
+                    t,
+                    request,
+                    &first_step(&request.request_id, request.provider),
+                )
+                .await
             }
             _ => {
                 info!("copy of a running request dropped");
@@ -290,17 +275,21 @@ impl Engine {
             "redrive: resuming from the step that failed"
         );
         let msg = StepMessage {
-            request_id: request.request_id.clone(),
-            provider: request.provider.as_str().into(),
             seq: record.cursor,
             step: index,
-            attempt: 0,
-            polls: 0,
-            poll_deadline_ms: None,
-            poll_state: None,
-            not_before_ms: None,
-            uncertain: false,
+            ..first_step(&request.request_id, request.provider)
         };
+        self.start(t, request, &msg).await
+    }
+
+    /// Publishes the step message that (re)starts a request, with its
+    /// `accepted` event; both confirmed.
+    async fn start(
+        &self,
+        t: &dyn Transport,
+        request: &wire::ValidRequest,
+        msg: &StepMessage,
+    ) -> Result<(), EngineError> {
         let accepted = Event::new(
             EventKind::Accepted,
             Some(&request.request_id),
@@ -309,7 +298,7 @@ impl Engine {
         );
         tokio::try_join!(
             t.publish_step(request.provider, msg.to_bytes(), Duration::ZERO),
-            self.publish_event(t, &accepted)
+            self.publish_event(t, &accepted),
         )?;
         Ok(())
     }

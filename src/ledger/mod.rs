@@ -168,7 +168,9 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Records a finished step and merges its outputs and private values into
     /// the request's. Idempotent: recording the same step again changes no
-    /// output. `progress` (the step that comes next) is noted either way.
+    /// output. `progress` (the step that comes next) is informational: a
+    /// backend may note it; `status` derives the next step from the plan and
+    /// the recorded steps when it is absent.
     async fn record_step(
         &self,
         request_id: &str,

@@ -134,6 +134,44 @@ impl Vhost {
             v["messages_unacknowledged"].as_i64().unwrap_or(0),
         )
     }
+    /// The worker's queues (requests, steps, delays) holding ready or
+    /// unacknowledged messages, as "name (ready N, unacked M)". Used by the
+    /// chaos and broker-restart binaries, which share this file.
+    #[allow(dead_code)]
+    pub fn busy_queues(&self) -> Vec<String> {
+        let (status, body) = mgmt(
+            "GET",
+            &format!(
+                "/api/queues/{}?columns=name,messages_ready,messages_unacknowledged",
+                self.name
+            ),
+            None,
+        );
+        if status != 200 {
+            return vec![format!("(management API answered {status})")];
+        }
+        let queues: Vec<Value> = serde_json::from_str(&body).unwrap_or_default();
+        queues
+            .iter()
+            .filter(|q| {
+                let name = q["name"].as_str().unwrap_or_default();
+                name == "onboarding.requests"
+                    || name.starts_with("onboarding.steps.")
+                    || name.starts_with("onboarding.delay.")
+            })
+            .filter_map(|q| {
+                let ready = q["messages_ready"].as_i64().unwrap_or(0);
+                let unacked = q["messages_unacknowledged"].as_i64().unwrap_or(0);
+                (ready != 0 || unacked != 0).then(|| {
+                    format!(
+                        "{} (ready {ready}, unacked {unacked})",
+                        q["name"].as_str().unwrap_or("?")
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// Force-closes the worker's connections in this vhost, as
     /// `rabbitmqctl close_all_connections` would (without touching other tests' vhosts).
     pub fn close_worker_connections(&self) -> usize {
