@@ -99,6 +99,10 @@ pub struct WorkerSettings {
     /// Added to a step's call timeout to form its lease in the ledger; a second
     /// copy of the same step waits this long before assuming the holder died.
     pub lease_margin_ms: u64,
+    /// A message whose handling keeps failing is ended `failed` `exhausted` by
+    /// the worker at this many deliveries, before the broker's delivery limit
+    /// (50) would move it to `onboarding.dead` without an event.
+    pub give_up_after_deliveries: u32,
     /// `text` or `json`.
     pub log_format: String,
 }
@@ -266,6 +270,17 @@ impl Settings {
             return bad(
                 "metrics.listen",
                 "must be an address such as 127.0.0.1:9464",
+            );
+        }
+        if !(1..crate::broker::topology::DELIVERY_LIMIT as u32)
+            .contains(&self.worker.give_up_after_deliveries)
+        {
+            return bad(
+                "worker.give_up_after_deliveries",
+                &format!(
+                    "must be from 1 to {} (below the queues' delivery limit)",
+                    crate::broker::topology::DELIVERY_LIMIT - 1
+                ),
             );
         }
         if !matches!(self.worker.log_format.as_str(), "text" | "json") {

@@ -139,6 +139,9 @@ pub enum RetryReason {
     Unauthorized,
     /// Another copy of this step holds its lease.
     Leased,
+    /// The broker refused (nacked) a publish of the step's outcome (an event
+    /// to a full subscriber queue): the onboarding is held back.
+    Refused,
 }
 
 impl RetryReason {
@@ -151,6 +154,7 @@ impl RetryReason {
             RetryReason::BadResponse => "bad_response",
             RetryReason::Unauthorized => "unauthorized",
             RetryReason::Leased => "leased",
+            RetryReason::Refused => "refused",
         }
     }
 }

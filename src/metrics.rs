@@ -51,6 +51,9 @@ pub struct Metrics {
     /// A create that may have been repeated after a crash (the call succeeded
     /// earlier but was not recorded): see the README's guarantees.
     pub create_repeats_total: IntCounterVec,
+    /// Of those, the ones where the provider's answer showed the earlier
+    /// attempt's resource and the step adopted it (nothing made twice).
+    pub create_repeats_recognised_total: IntCounterVec,
     /// Events published, by event name.
     pub events_published_total: IntCounterVec,
     /// Tasks alive in the worker's runtime (sampled): flat while onboardings
@@ -60,6 +63,11 @@ pub struct Metrics {
     pub broker_connected: IntGauge,
     /// Connections (re)established.
     pub broker_connections_total: prometheus::IntCounter,
+    /// Broker sessions that ended by failure, by reason (connection_lost,
+    /// consumer_cancelled, channel_closed).
+    pub broker_session_failures_total: IntCounterVec,
+    /// 1 while the ledger does not answer (consumption paused, not ready).
+    pub ledger_unreachable: IntGauge,
     /// Ledger operation latency, by operation (accept, claim, record_step, ...).
     pub ledger_seconds: HistogramVec,
     /// Publish-to-confirm latency, by what was published (step, event, dead).
@@ -174,10 +182,13 @@ impl Metrics {
             dead_lettered_total: counter(&r, "onboarding_dead_lettered_total", "Messages put in onboarding.dead, by reason (error kind).", &["reason"]),
             token_renewals_total: counter(&r, "onboarding_token_renewals_total", "Provider access tokens obtained, by provider.", &["provider"]),
             create_repeats_total: counter(&r, "onboarding_create_repeats_total", "Creates run again after an attempt that may have reached the provider (found already made, or made afresh): an upper bound of repeats, by provider and step.", &["provider", "step"]),
+            create_repeats_recognised_total: counter(&r, "onboarding_create_repeats_recognised_total", "Of the possible repeats, those where the earlier attempt's resource was found at the provider and adopted (nothing made twice), by provider and step.", &["provider", "step"]),
             events_published_total: counter(&r, "onboarding_events_published_total", "Events published, by event.", &["event"]),
             broker_connected: gauge(&r, "onboarding_broker_connected", "1 while connected to the broker and consuming."),
             runtime_alive_tasks: gauge(&r, "onboarding_runtime_alive_tasks", "Tasks alive in the worker's async runtime (sampled every 5 s)."),
             broker_connections_total,
+            broker_session_failures_total: counter(&r, "onboarding_broker_session_failures_total", "Broker sessions that failed, by reason: connection_lost, consumer_cancelled (a basic.cancel or an ended consumer), channel_closed.", &["reason"]),
+            ledger_unreachable: gauge(&r, "onboarding_ledger_unreachable", "1 while the ledger does not answer: consumption paused, /readyz not ready."),
             ledger_seconds,
             publish_seconds,
             registry: r,
@@ -207,6 +218,7 @@ impl Metrics {
             RetryReason::BadResponse,
             RetryReason::Unauthorized,
             RetryReason::Leased,
+            RetryReason::Refused,
         ];
         for p in ProviderId::ALL {
             let operations: &[&str] = if p == ProviderId::Sharespine {
@@ -234,6 +246,9 @@ impl Metrics {
         }
         self.token_renewals_total
             .with_label_values(&[ProviderId::MagentoBi.as_str()]);
+        for r in ["connection_lost", "consumer_cancelled", "channel_closed"] {
+            self.broker_session_failures_total.with_label_values(&[r]);
+        }
         for e in ["accepted", "step_completed", "completed", "failed"] {
             self.events_published_total.with_label_values(&[e]);
         }
@@ -250,17 +265,37 @@ impl Metrics {
 }
 
 /// Liveness and readiness, shared by the broker loop and the HTTP listener.
+/// Ready: connected to the broker and consuming, and the ledger reachable.
 #[derive(Clone, Default)]
 pub struct Health {
+    /// Broker session up (set by the broker loop).
     ready: Arc<AtomicBool>,
+    /// The ledger did not answer; cleared when it answers again.
+    ledger_down: Arc<AtomicBool>,
 }
 
 impl Health {
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
     }
+    pub fn set_ledger_down(&self, down: bool) {
+        self.ledger_down.store(down, Ordering::SeqCst);
+    }
+    pub fn ledger_down(&self) -> bool {
+        self.ledger_down.load(Ordering::SeqCst)
+    }
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && !self.ledger_down()
+    }
+    /// Why the worker is not ready, if it is not.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if !self.ready.load(Ordering::SeqCst) {
+            Some("broker not connected")
+        } else if self.ledger_down() {
+            Some("ledger unreachable")
+        } else {
+            None
+        }
     }
 }
 
@@ -287,13 +322,12 @@ async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    if s.health.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
+    match s.health.not_ready_reason() {
+        None => (StatusCode::OK, "ready\n".to_string()),
+        Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: broker not connected\n",
-        )
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 

@@ -47,6 +47,7 @@ impl Worker {
         let ledger = ledger::timed::Timed::wrap(
             ledger::open(settings.ledger.url.expose()).await?,
             metrics.clone(),
+            health.clone(),
         );
         let providers = providers::build_all(&settings.providers, &metrics);
         let engine = Engine::new(
@@ -86,6 +87,7 @@ impl Worker {
             reconnect_max: Duration::from_millis(settings.amqp.reconnect_max_ms),
             shutdown_grace: Duration::from_millis(settings.worker.shutdown_grace_ms),
             tls_ca_file: settings.amqp.tls_ca_path().map(Into::into),
+            give_up_after_deliveries: settings.worker.give_up_after_deliveries,
         };
         let task = {
             let (metrics, health) = (metrics.clone(), health.clone());

@@ -5,6 +5,12 @@
 //! [`Transport`]) and consuming: one consumer per queue, each delivery handled
 //! in its own task and acknowledged only after the engine says everything that
 //! follows from it is confirmed.
+//!
+//! A session fails, and the worker reconnects and declares its topology
+//! again, when the connection is lost, when any consumer ends (a
+//! `basic.cancel` from the broker, e.g. its queue was deleted) or when any of
+//! its channels is closed (a channel error). Each is counted in
+//! `onboarding_broker_session_failures_total{reason}` and logged once.
 
 pub mod admin;
 pub mod ceiling;
@@ -25,13 +31,14 @@ use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::domain::ProviderId;
 use crate::engine::{
-    DeadReason, Engine, EngineError, Incoming, OriginalProps, Transport, TransportError,
+    schedule, DeadReason, Engine, HeaderId, Incoming, OriginalProps, Transport, TransportError,
     REPLAY_HEADER,
 };
 use crate::metrics::{Health, Metrics};
@@ -54,6 +61,9 @@ pub struct BrokerSettings {
     pub shutdown_grace: Duration,
     /// For `amqps://`: CA certificates (PEM) trusted besides the system's roots.
     pub tls_ca_file: Option<PathBuf>,
+    /// A failing message is given up on (ended `failed` `exhausted`) at this
+    /// many deliveries, before the queues' delivery limit.
+    pub give_up_after_deliveries: u32,
 }
 
 /// Connects, naming the connection so operators can find it in the management UI.
@@ -139,15 +149,86 @@ pub async fn publish_confirmed(
     }
 }
 
-/// The engine's [`Transport`] over one confirm-mode channel.
+/// Confirm-mode channels that each carry one publish at a time.
+///
+/// RabbitMQ sends an unroutable mandatory message's `basic.return` just
+/// before that publish's `basic.ack`, and lapin hands a returned message to
+/// whichever confirm it resolves next; with several publishes in flight on one
+/// channel (and acks that confirm several at once) a return can be paired with
+/// another publish, and the unroutable one taken for delivered. With one
+/// publish per channel the pairing is exact.
+struct ChannelPool {
+    free: std::sync::Mutex<Vec<Channel>>,
+    /// One permit per channel in `free`.
+    permits: Semaphore,
+}
+
+impl ChannelPool {
+    async fn open(conn: &Connection, size: usize) -> Result<ChannelPool, BrokerError> {
+        let mut channels = Vec::with_capacity(size);
+        for _ in 0..size {
+            channels.push(confirm_channel(conn).await?);
+        }
+        Ok(ChannelPool {
+            permits: Semaphore::new(size),
+            free: std::sync::Mutex::new(channels),
+        })
+    }
+
+    /// Publishes on a channel no other publish is using, and waits for its confirm.
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), TransportError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| TransportError::Broker("publishing is closed".into()))?;
+        let channel = self
+            .free
+            .lock()
+            .expect("pool lock")
+            .pop()
+            .expect("a free channel for each permit");
+        let result =
+            publish_confirmed(&channel, exchange, routing_key, mandatory, body, props).await;
+        self.free.lock().expect("pool lock").push(channel);
+        result
+    }
+
+    /// Whether every channel is still open.
+    fn all_open(&self) -> bool {
+        self.free
+            .lock()
+            .expect("pool lock")
+            .iter()
+            .all(|c| c.status().connected())
+    }
+}
+
+/// The engine's [`Transport`] over a pool of confirm-mode channels.
 pub struct AmqpTransport {
-    channel: Channel,
+    pool: ChannelPool,
     metrics: Metrics,
 }
 
 impl AmqpTransport {
-    pub fn new(channel: Channel, metrics: Metrics) -> Self {
-        AmqpTransport { channel, metrics }
+    /// Opens `channels` confirm-mode channels on `conn`: as many publishes can
+    /// be in flight at once.
+    pub async fn open(
+        conn: &Connection,
+        channels: usize,
+        metrics: Metrics,
+    ) -> Result<Self, BrokerError> {
+        Ok(AmqpTransport {
+            pool: ChannelPool::open(conn, channels.max(1)).await?,
+            metrics,
+        })
     }
 
     fn timer(&self, what: &str) -> prometheus::HistogramTimer {
@@ -171,27 +252,15 @@ impl Transport for AmqpTransport {
         match topology::tier_for(delay.as_millis() as u64) {
             None => {
                 let rk = format!("now.{}", provider.as_str());
-                publish_confirmed(
-                    &self.channel,
-                    topology::STEPS_EXCHANGE,
-                    &rk,
-                    true,
-                    &body,
-                    props,
-                )
-                .await
+                self.pool
+                    .publish(topology::STEPS_EXCHANGE, &rk, true, &body, props)
+                    .await
             }
             Some(ms) => {
                 let rk = format!("{ms}ms.{}", provider.as_str());
-                publish_confirmed(
-                    &self.channel,
-                    topology::DELAY_EXCHANGE,
-                    &rk,
-                    true,
-                    &body,
-                    props,
-                )
-                .await
+                self.pool
+                    .publish(topology::DELAY_EXCHANGE, &rk, true, &body, props)
+                    .await
             }
         }
     }
@@ -211,15 +280,9 @@ impl Transport for AmqpTransport {
         let props = persistent("application/json").with_headers(headers);
         // Not mandatory: an events exchange nobody has subscribed to yet is a
         // valid state (pub/sub), not a reason to stop onboarding.
-        publish_confirmed(
-            &self.channel,
-            topology::EVENTS_EXCHANGE,
-            routing_key,
-            false,
-            &body,
-            props,
-        )
-        .await
+        self.pool
+            .publish(topology::EVENTS_EXCHANGE, routing_key, false, &body, props)
+            .await
     }
 
     async fn publish_dead(
@@ -234,7 +297,9 @@ impl Transport for AmqpTransport {
             .and_then(|p| p.downcast_ref::<BasicProperties>());
         let props = dead_properties(original, reason);
         let _t = self.timer("dead");
-        publish_confirmed(&self.channel, "", topology::DEAD_QUEUE, true, body, props).await
+        self.pool
+            .publish("", topology::DEAD_QUEUE, true, body, props)
+            .await
     }
 }
 
@@ -369,6 +434,63 @@ pub fn is_replay(props: &BasicProperties) -> bool {
         })
 }
 
+/// The `request_id` header of a delivery, as the engine checks it.
+fn header_request_id(props: &BasicProperties) -> HeaderId {
+    match props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("request_id"))
+    {
+        None => HeaderId::Absent,
+        Some(AMQPValue::LongString(s)) => match std::str::from_utf8(s.as_bytes()) {
+            Ok(text) => HeaderId::Text(text.to_string()),
+            Err(_) => HeaderId::NotText,
+        },
+        Some(AMQPValue::ShortString(s)) => HeaderId::Text(s.as_str().to_string()),
+        Some(_) => HeaderId::NotText,
+    }
+}
+
+/// Earlier deliveries of a message: quorum queues count them in `x-delivery-count`.
+fn delivery_count(props: &BasicProperties) -> u32 {
+    let Some(v) = props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned())
+    else {
+        return 0;
+    };
+    let n: i64 = match v {
+        AMQPValue::LongLongInt(n) => n,
+        AMQPValue::LongInt(n) => n.into(),
+        AMQPValue::LongUInt(n) => n.into(),
+        AMQPValue::ShortInt(n) => n.into(),
+        AMQPValue::ShortUInt(n) => n.into(),
+        AMQPValue::ShortShortInt(n) => n.into(),
+        AMQPValue::ShortShortUInt(n) => n.into(),
+        _ => 0,
+    };
+    n.clamp(0, u32::MAX as i64) as u32
+}
+
+/// Why a session ended by failure: a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SessionFailure {
+    ConnectionLost,
+    ConsumerCancelled,
+    ChannelClosed,
+}
+
+impl SessionFailure {
+    fn as_str(self) -> &'static str {
+        match self {
+            SessionFailure::ConnectionLost => "connection_lost",
+            SessionFailure::ConsumerCancelled => "consumer_cancelled",
+            SessionFailure::ChannelClosed => "channel_closed",
+        }
+    }
+}
+
 /// Which queue a consumer reads.
 #[derive(Clone, Copy, Debug)]
 enum Source {
@@ -407,11 +529,15 @@ pub async fn run(
         }
         match outcome {
             Ok(()) => break, // shut down cleanly
-            Err(e) => {
+            Err((reason, e)) => {
                 health.set_ready(false);
                 metrics.broker_connected.set(0);
+                metrics
+                    .broker_session_failures_total
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
                 let pause = backoff.next().unwrap_or(settings.reconnect_max);
-                warn!(error.message = %e, retry_in_ms = pause.as_millis() as u64, "broker connection lost or refused; reconnecting");
+                warn!(reason = reason.as_str(), error.message = %e, retry_in_ms = pause.as_millis() as u64, "broker session failed; reconnecting and declaring the topology again");
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = shutdown.cancelled() => break,
@@ -433,25 +559,26 @@ fn new_backoff(s: &BrokerSettings) -> impl Iterator<Item = Duration> {
 }
 
 /// One connection's life: declare, consume, hand deliveries to the engine.
-/// `Ok` after a clean shutdown, `Err` when the connection failed.
+/// `Ok` after a clean shutdown, `Err` with the reason when the session failed.
 async fn session(
     settings: &BrokerSettings,
     engine: &Engine,
     health: &Health,
     metrics: &Metrics,
     shutdown: &CancellationToken,
-) -> Result<(), BrokerError> {
+) -> Result<(), (SessionFailure, BrokerError)> {
+    let lost = |e: BrokerError| (SessionFailure::ConnectionLost, e);
     let conn = connect(
         &settings.url,
         "onboarding-worker",
         settings.tls_ca_file.as_deref(),
     )
-    .await?;
-    let setup = conn.create_channel().await?;
-    topology::declare(&setup).await?;
-    let publish = confirm_channel(&conn).await?;
-    let transport: Arc<dyn Transport> =
-        Arc::new(AmqpTransport::new(publish.clone(), metrics.clone()));
+    .await
+    .map_err(lost)?;
+    let setup = conn.create_channel().await.map_err(|e| lost(e.into()))?;
+    topology::declare(&setup)
+        .await
+        .map_err(|e| lost(e.into()))?;
 
     let mut sources = vec![(
         Source::Requests,
@@ -465,12 +592,21 @@ async fn session(
             p.concurrency().min(u16::MAX as usize) as u16,
         ));
     }
+    // As many publishing channels as deliveries can be in hand at once (each
+    // handler publishes one message at a time), within reason.
+    let in_hand: usize = sources.iter().map(|(_, _, p)| (*p).max(1) as usize).sum();
+    let transport = Arc::new(
+        AmqpTransport::open(&conn, in_hand.min(MAX_PUBLISH_CHANNELS), metrics.clone())
+            .await
+            .map_err(lost)?,
+    );
     let mut streams = Vec::new();
     let mut consumers = Vec::new();
     for (source, queue, prefetch) in sources {
-        let ch = conn.create_channel().await?;
+        let ch = conn.create_channel().await.map_err(|e| lost(e.into()))?;
         ch.basic_qos(prefetch.max(1), BasicQosOptions::default())
-            .await?;
+            .await
+            .map_err(|e| lost(e.into()))?;
         let tag = format!("onboarding-worker-{}", uuid::Uuid::new_v4());
         let consumer = ch
             .basic_consume(
@@ -479,38 +615,70 @@ async fn session(
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
+            .await
+            .map_err(|e| lost(e.into()))?;
+        // A consumer stream that ends (the broker's basic.cancel, or its
+        // channel closed) yields one last `None`: `select_all` alone would
+        // drop it silently and the queue would go unconsumed.
+        let stream = consumer
+            .map(move |d| (source, Some(d)))
+            .chain(futures::stream::once(async move { (source, None) }));
         consumers.push((ch, tag));
-        streams.push(consumer.map(move |d| (source, d)).boxed());
+        streams.push(stream.boxed());
     }
     let mut deliveries = futures::stream::select_all(streams);
     health.set_ready(true);
     metrics.broker_connected.set(1);
     metrics.broker_connections_total.inc();
     info!("connected to the broker and consuming");
+    let mut watchdog = tokio::time::interval(CHANNEL_CHECK_EVERY);
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let tracker = TaskTracker::new();
     let failure = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break None,
-            next = deliveries.next() => match next {
-                Some((source, Ok(delivery))) => {
-                    let engine = engine.clone();
-                    let transport = transport.clone();
-                    tracker.spawn(handle(source, delivery, engine, transport));
+            _ = watchdog.tick() => {
+                if !conn.status().connected() {
+                    break Some((SessionFailure::ConnectionLost, BrokerError::Other("the connection is closed".into())));
                 }
-                Some((_, Err(e))) => break Some(BrokerError::Amqp(e)),
-                None => break Some(BrokerError::Other("a consumer was cancelled by the broker".into())),
+                if !transport.pool.all_open() || consumers.iter().any(|(ch, _)| !ch.status().connected()) {
+                    break Some((SessionFailure::ChannelClosed, BrokerError::Other("a channel was closed by the broker".into())));
+                }
+            }
+            next = deliveries.next() => match next {
+                Some((source, Some(Ok(delivery)))) => {
+                    let handler = Handler {
+                        engine: engine.clone(),
+                        transport: transport.clone(),
+                        health: health.clone(),
+                        metrics: metrics.clone(),
+                        give_up_after: settings.give_up_after_deliveries,
+                    };
+                    tracker.spawn(handler.handle(source, delivery));
+                }
+                Some((source, Some(Err(e)))) => {
+                    let reason = if conn.status().connected() { SessionFailure::ChannelClosed } else { SessionFailure::ConnectionLost };
+                    break Some((reason, BrokerError::Other(format!("consumer of {}: {e}", source.queue()))));
+                }
+                Some((source, None)) => break Some((
+                    SessionFailure::ConsumerCancelled,
+                    BrokerError::Other(format!("the consumer of {} was cancelled by the broker (queue deleted, or its node lost)", source.queue())),
+                )),
+                None => break Some((SessionFailure::ConsumerCancelled, BrokerError::Other("no consumer left".into()))),
             }
         }
     };
     health.set_ready(false);
     metrics.broker_connected.set(0);
-    if let Some(e) = failure {
-        // In-flight handlers fail to ack on the dead channel; the broker
-        // redelivers their messages and the ledger makes that harmless.
+    if let Some(failure) = failure {
+        // Closing the connection hands every unacknowledged delivery back to
+        // the broker at once (in-flight handlers then fail to ack); the ledger
+        // makes their redelivery harmless. A half-broken connection left open
+        // would keep its consumers' messages.
         tracker.close();
-        return Err(e);
+        let _ = conn.close(200, "session failed; reconnecting".into()).await;
+        return Err(failure);
     }
     info!("shutting down: no new deliveries; settling those in hand");
     for (ch, tag) in &consumers {
@@ -534,54 +702,159 @@ async fn session(
     Ok(())
 }
 
-async fn handle(
-    source: Source,
-    mut delivery: lapin::message::Delivery,
+/// Publishing channels at most, whatever the prefetch settings.
+const MAX_PUBLISH_CHANNELS: usize = 128;
+
+/// How often the session checks that its connection and channels are open.
+const CHANNEL_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// What a delivery's task needs.
+struct Handler {
     engine: Engine,
-    transport: Arc<dyn Transport>,
-) {
-    let replay = is_replay(&delivery.properties);
-    let props = OriginalProps(Some(Arc::new(delivery.properties.clone())));
-    let body = std::mem::take(&mut delivery.data);
-    let redelivered = delivery.redelivered;
-    // In a task of its own, so that a panic still ends in a nack below
-    // instead of leaving the delivery unacknowledged until the channel closes.
-    let work = tokio::spawn(async move {
-        let incoming = Incoming {
-            body: &body,
-            redelivered,
-            replay,
-            props,
-        };
-        match source {
-            Source::Requests => engine.handle_request(transport.as_ref(), incoming).await,
-            Source::Steps(_) => engine.handle_step(transport.as_ref(), incoming).await,
+    transport: Arc<AmqpTransport>,
+    health: Health,
+    metrics: Metrics,
+    give_up_after: u32,
+}
+
+impl Handler {
+    async fn handle(self, source: Source, mut delivery: lapin::message::Delivery) {
+        let replay = is_replay(&delivery.properties);
+        let count = delivery_count(&delivery.properties);
+        let header = header_request_id(&delivery.properties);
+        let props = OriginalProps(Some(Arc::new(delivery.properties.clone())));
+        let body = Arc::new(std::mem::take(&mut delivery.data));
+        let redelivered = delivery.redelivered;
+        let incoming = |body: &Arc<Vec<u8>>| (body.clone(), props.clone(), header.clone());
+        // While the ledger is unreachable nothing is handled: the deliveries
+        // in hand wait here (the prefetch stops the broker sending more), so
+        // none is spent and none spins.
+        if self.health.ledger_down() {
+            self.wait_for_ledger().await;
         }
-    });
-    let result: Result<(), String> = match work.await {
-        Ok(r) => r.map_err(|e: EngineError| e.to_string()),
-        Err(e) => Err(format!("the handler panicked: {e}")),
-    };
-    match result {
-        Ok(()) => match delivery.acker.ack(BasicAckOptions::default()).await {
-            Ok(true) => {}
-            Ok(false) => {
-                warn!("ack not delivered (channel reconnected); the message will come again")
+        let result = self
+            .run(source, incoming(&body), redelivered, replay, count)
+            .await;
+        let result = match result {
+            Err(e) if e.outage => {
+                // The ledger went away under this delivery: wait until it is
+                // back, then hand the message back whole to start over.
+                self.wait_for_ledger().await;
+                Err(e.message)
             }
-            Err(e) => warn!(error.message = %e, "ack failed; the message will come again"),
-        },
-        Err(e) => {
-            error!(error.message = %e, queue = %source.queue(), "could not finish handling a message; it goes back to its queue");
-            // A pause so an outage does not become a hot loop (ledger errors
-            // were already retried for a while; see ledger::timed).
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            Err(e) if count + 1 >= self.give_up_after => {
+                let (body, props, header) = incoming(&body);
+                let msg = Incoming {
+                    body: &body,
+                    redelivered,
+                    replay,
+                    props,
+                    delivery_count: count,
+                    header_request_id: header,
+                };
+                let from_steps = matches!(source, Source::Steps(_));
+                match self
+                    .engine
+                    .give_up(self.transport.as_ref(), from_steps, msg, &e.message)
+                    .await
+                {
+                    Ok(()) => Ok(()),
+                    Err(give_up) => Err(format!("{}; and giving up failed: {give_up}", e.message)),
+                }
+            }
+            Err(e) => {
+                // A pause that grows with the deliveries, so a message that
+                // keeps failing does not become a hot loop.
+                tokio::time::sleep(schedule::redelivery_pause(count)).await;
+                Err(e.message)
+            }
+            Ok(()) => Ok(()),
+        };
+        match result {
+            Ok(()) => match delivery.acker.ack(BasicAckOptions::default()).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    warn!("ack not delivered (channel reconnected); the message will come again")
+                }
+                Err(e) => warn!(error.message = %e, "ack failed; the message will come again"),
+            },
+            Err(e) => {
+                error!(error.message = %e, queue = %source.queue(), deliveries = count + 1, "could not finish handling a message; it goes back to its queue");
+                let _ = delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+            }
         }
     }
+
+    /// Runs the engine on a delivery in a task of its own, so that a panic
+    /// still ends in a nack instead of leaving the delivery unacknowledged
+    /// until the channel closes.
+    async fn run(
+        &self,
+        source: Source,
+        (body, props, header): (Arc<Vec<u8>>, OriginalProps, HeaderId),
+        redelivered: bool,
+        replay: bool,
+        delivery_count: u32,
+    ) -> Result<(), Failure> {
+        let engine = self.engine.clone();
+        let transport = self.transport.clone();
+        let work = tokio::spawn(async move {
+            let incoming = Incoming {
+                body: &body,
+                redelivered,
+                replay,
+                props,
+                delivery_count,
+                header_request_id: header,
+            };
+            match source {
+                Source::Requests => engine.handle_request(transport.as_ref(), incoming).await,
+                Source::Steps(_) => engine.handle_step(transport.as_ref(), incoming).await,
+            }
+        });
+        match work.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Failure {
+                outage: e.is_ledger_outage(),
+                message: e.to_string(),
+            }),
+            Err(e) => Err(Failure {
+                outage: false,
+                message: format!("the handler panicked: {e}"),
+            }),
+        }
+    }
+
+    /// Returns once the ledger answers; while it does not, the worker is not
+    /// ready. Asks at once, then with back-off up to 5 s.
+    async fn wait_for_ledger(&self) {
+        let mut pause = Duration::from_millis(200);
+        while !self.engine.ledger_reachable().await {
+            if !self.health.ledger_down() {
+                warn!("the ledger does not answer: pausing consumption until it does");
+            }
+            self.health.set_ledger_down(true);
+            self.metrics.ledger_unreachable.set(1);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+        if self.health.ledger_down() {
+            info!("the ledger answers again: resuming");
+        }
+        self.health.set_ledger_down(false);
+        self.metrics.ledger_unreachable.set(0);
+    }
+}
+
+/// A delivery's handling failed.
+struct Failure {
+    /// Because the ledger could not be reached.
+    outage: bool,
+    message: String,
 }

@@ -63,6 +63,33 @@ pub fn front_door(
     })
 }
 
+/// CONTRACT §4: a message header `request_id`, when present, must name the
+/// body's request; one that names another (or is not text) makes the message
+/// an `invalid_request`, and nothing is called for it. Its `failed` event has
+/// `request_id: null`: neither id is usable, and a `failed` for the body's id
+/// would contradict that request's own events if it exists.
+pub fn check_header(admitted: Admitted, header: &super::HeaderId) -> Result<Admitted, Invalid> {
+    let mismatch = match header {
+        super::HeaderId::Absent => return Ok(admitted),
+        super::HeaderId::Text(id) if *id == admitted.request.request_id => return Ok(admitted),
+        super::HeaderId::Text(id) if id.len() <= 128 && crate::domain::valid_request_id(id) => {
+            format!("names request {id:?}")
+        }
+        super::HeaderId::Text(_) => "is not a valid request_id".to_string(),
+        super::HeaderId::NotText => "is not text".to_string(),
+    };
+    let r = &admitted.request;
+    Err(Invalid {
+        request_id: None,
+        provider: Some(r.provider),
+        operation: Some(r.operation),
+        message: format!(
+            "the message header request_id {mismatch}, but the body is request {:?}",
+            r.request_id
+        ),
+    })
+}
+
 /// The `failed` event of an invalid message (CONTRACT §5): `request_id` only
 /// when the body gave a usable one.
 pub fn failed_event(invalid: &Invalid) -> Event {

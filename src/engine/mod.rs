@@ -14,6 +14,7 @@ pub mod step;
 pub mod wire;
 
 use std::any::Any;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,15 @@ pub enum EngineError {
     UnknownRequest(String),
 }
 
+impl EngineError {
+    /// The ledger's database could not be reached (as opposed to data it
+    /// holds being wrong): the worker pauses until it can, rather than
+    /// spinning deliveries through the broker.
+    pub fn is_ledger_outage(&self) -> bool {
+        matches!(self, EngineError::Ledger(e) if e.is_outage())
+    }
+}
+
 /// The broker's properties of a message the engine forwards whole; opaque here.
 #[derive(Clone, Default)]
 pub struct OriginalProps(pub Option<Arc<dyn Any + Send + Sync>>);
@@ -95,6 +105,17 @@ pub trait Transport: Send + Sync {
     ) -> Result<(), TransportError>;
 }
 
+/// The `request_id` header of a delivery, which must equal the body's when
+/// present (CONTRACT §4).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum HeaderId {
+    #[default]
+    Absent,
+    Text(String),
+    /// Present, but not text (a number, a table...): it names no request.
+    NotText,
+}
+
 /// A delivery as the engine sees it.
 pub struct Incoming<'a> {
     pub body: &'a [u8],
@@ -103,6 +124,9 @@ pub struct Incoming<'a> {
     /// Carries the replay mark of `dead replay`.
     pub replay: bool,
     pub props: OriginalProps,
+    /// Earlier deliveries of this message (the quorum queue's `x-delivery-count`).
+    pub delivery_count: u32,
+    pub header_request_id: HeaderId,
 }
 
 /// Engine settings that are not per provider.
@@ -149,7 +173,9 @@ impl Engine {
         msg: Incoming<'_>,
     ) -> Result<(), EngineError> {
         let (request, first) =
-            match front_door::front_door(msg.body, self.settings.max_body_bytes, &self.providers) {
+            match front_door::front_door(msg.body, self.settings.max_body_bytes, &self.providers)
+                .and_then(|admitted| front_door::check_header(admitted, &msg.header_request_id))
+            {
                 Ok(admitted) => (admitted.request, admitted.first),
                 Err(invalid) => return self.reject_invalid(t, &msg, invalid).await,
             };
@@ -223,18 +249,23 @@ impl Engine {
                         step: error.as_ref().and_then(|e| e.step.clone()),
                         message: error.map(|e| e.message).unwrap_or_default(),
                     };
+                    self.publish_event(t, &event).await?;
                     t.publish_dead(msg.body, &msg.props, &reason).await?;
                     self.metrics
                         .dead_lettered_total
                         .with_label_values(&[reason.kind.as_str()])
                         .inc();
+                    return Ok(());
                 }
                 self.publish_event(t, &event).await?;
                 Ok(())
             }
             _ if msg.redelivered && record.cursor == 0 => {
-                // Possibly our own accept that died before its first step was
-                // published; publishing it again is safe (the cursor drops a copy).
+                // Possibly our own accept that died (or whose first publish
+                // failed) before its first step was published; publishing it
+                // again is safe (the lease serialises copies, the cursor drops
+                // the later one). A request message that keeps failing this
+                // way is given up on (`exhausted`), never left running.
                 info!("redelivered request not yet started: publishing its first step again");
                 self.start(
                     t,
@@ -282,24 +313,21 @@ impl Engine {
         self.start(t, request, &msg).await
     }
 
-    /// Publishes the step message that (re)starts a request, with its
-    /// `accepted` event; both confirmed.
+    /// Publishes the step message that (re)starts a request, confirmed. It
+    /// carries the `announce` mark: its step run publishes `accepted` before
+    /// anything else, and holds the request back while the broker refuses it.
     async fn start(
         &self,
         t: &dyn Transport,
         request: &wire::ValidRequest,
         msg: &StepMessage,
     ) -> Result<(), EngineError> {
-        let accepted = Event::new(
-            EventKind::Accepted,
-            Some(&request.request_id),
-            Some(request.provider),
-            Some(request.operation),
-        );
-        tokio::try_join!(
-            t.publish_step(request.provider, msg.to_bytes(), Duration::ZERO),
-            self.publish_event(t, &accepted),
-        )?;
+        let msg = StepMessage {
+            announce: true,
+            ..msg.clone()
+        };
+        t.publish_step(request.provider, msg.to_bytes(), Duration::ZERO)
+            .await?;
         Ok(())
     }
 
@@ -317,10 +345,10 @@ impl Engine {
         );
         let event = front_door::failed_event(&invalid);
         let reason = front_door::dead_reason(&invalid);
-        tokio::try_join!(
-            t.publish_dead(msg.body, &msg.props, &reason),
-            self.publish_event(t, &event)
-        )?;
+        // The event first: if the broker refuses it, the message goes back
+        // to its queue and no second copy lands in onboarding.dead.
+        self.publish_event(t, &event).await?;
+        t.publish_dead(msg.body, &msg.props, &reason).await?;
         self.metrics
             .dead_lettered_total
             .with_label_values(&[ErrorKind::InvalidRequest.as_str()])
@@ -401,6 +429,8 @@ impl Engine {
                         redelivered: false,
                         replay: false,
                         props,
+                        delivery_count: 0,
+                        header_request_id: HeaderId::Absent,
                     },
                     invalid,
                 )
@@ -451,8 +481,9 @@ impl Engine {
             }
             Claim::Unknown => return Err(EngineError::UnknownRequest(m.request_id.clone())),
         };
-        let request_id = m.request_id.clone();
-        let seq = m.seq;
+        let original = m.clone();
+        let announced = AtomicBool::new(false);
+        let called = AtomicBool::new(false);
         let run = StepRun {
             engine: self,
             t,
@@ -462,19 +493,233 @@ impl Engine {
             owner: owner.clone(),
             record,
             interrupted,
+            announced: &announced,
+            called: &called,
         };
-        let result = run.go().await;
-        if result.is_err() {
-            // The message goes back to the queue: release its lease (cursor
-            // unchanged) so the redelivered copy redoes what did not happen
-            // instead of waiting a whole lease. Best effort.
-            let _ = self
-                .ledger
-                .advance(&request_id, &owner, seq, &Progress::default())
-                .await;
+        // The lease is renewed while the step runs, well inside its length,
+        // so a slow call or a slow ledger never lets a second copy in.
+        let go = run.go();
+        tokio::pin!(go);
+        let result = loop {
+            tokio::select! {
+                r = &mut go => break r,
+                _ = tokio::time::sleep(lease / 3) => {
+                    self.renew_lease(&original, &owner, lease).await;
+                }
+            }
+        };
+        match result {
+            Err(EngineError::Transport(TransportError::Nacked)) => {
+                let announce = original.announce && !announced.load(Ordering::SeqCst);
+                self.hold_back(t, provider_id, original, announce, &owner)
+                    .await
+            }
+            Err(e) => {
+                // The message goes back to the queue. If the provider may
+                // have acted and its answer is not recorded, the lease is
+                // left as a crash would leave it, so the next claim knows
+                // it may repeat a create; otherwise it is released (cursor
+                // unchanged) so the redelivered copy need not wait it out.
+                // Best effort.
+                let _ = if called.load(Ordering::SeqCst) {
+                    self.ledger.abandon(&original.request_id, &owner).await
+                } else {
+                    self.ledger
+                        .advance(
+                            &original.request_id,
+                            &owner,
+                            original.seq,
+                            &Progress::default(),
+                        )
+                        .await
+                };
+                Err(e)
+            }
+            Ok(()) => Ok(()),
         }
-        result
     }
+
+    async fn renew_lease(&self, m: &StepMessage, owner: &str, lease: Duration) {
+        match self.ledger.renew(&m.request_id, owner, lease).await {
+            Ok(true) => debug!("lease renewed"),
+            Ok(false) => {
+                debug!("the lease is no longer this step's: its successor took it over, or it ran out while the ledger was away")
+            }
+            Err(e) => warn!(error.message = %e, "could not renew the lease; trying again"),
+        }
+    }
+
+    /// The broker refused (nacked) a publish of this step's outcome, e.g. an
+    /// event to a subscriber's full `reject-publish` queue: nothing that
+    /// follows may go out before it. The same step message waits in a delay
+    /// queue, longer each time, and runs again: its step is recorded, so the
+    /// provider is not called again and the refused publish is retried first.
+    /// It costs no delivery, so the delivery limit is never reached this way.
+    async fn hold_back(
+        &self,
+        t: &dyn Transport,
+        provider_id: ProviderId,
+        m: StepMessage,
+        announce: bool,
+        owner: &str,
+    ) -> Result<(), EngineError> {
+        let held = m.held + 1;
+        let delay = schedule::hold_back_delay(held, &mut rand::rng());
+        let due = now_ms() + delay.as_millis() as i64;
+        warn!(
+            held,
+            delay_ms = delay.as_millis() as u64,
+            "the broker refused a publish (nack); holding the onboarding back"
+        );
+        self.metrics
+            .retries_total
+            .with_label_values(&[provider_id.as_str(), RetryReason::Refused.as_str()])
+            .inc();
+        let again = StepMessage {
+            seq: m.seq + 1,
+            held,
+            announce,
+            not_before_ms: Some(due),
+            ..m
+        };
+        let published = t.publish_step(provider_id, again.to_bytes(), delay).await;
+        let progress = Progress {
+            waiting_until_ms: published.is_ok().then_some(due),
+            ..Progress::default()
+        };
+        let next_seq = if published.is_ok() {
+            again.seq
+        } else {
+            again.seq - 1
+        };
+        let advanced = self
+            .ledger
+            .advance(&again.request_id, owner, next_seq, &progress)
+            .await;
+        published?;
+        advanced?;
+        Ok(())
+    }
+
+    /// Ends a message that kept failing, before the broker's delivery limit
+    /// would move it to `onboarding.dead` without a word: its request (if the
+    /// ledger holds it running) ends `failed` `exhausted` with `cause`, the
+    /// request whole in `onboarding.dead`, the ledger row `failed`.
+    pub async fn give_up(
+        &self,
+        t: &dyn Transport,
+        from_steps: bool,
+        msg: Incoming<'_>,
+        cause: &str,
+    ) -> Result<(), EngineError> {
+        let request_id = if from_steps {
+            serde_json::from_slice::<StepMessage>(msg.body)
+                .ok()
+                .map(|m| m.request_id)
+        } else {
+            wire::parse_request(msg.body, self.settings.max_body_bytes)
+                .ok()
+                .map(|r| r.request_id)
+        };
+        let message = format!(
+            "gave up after {} deliveries: {cause}",
+            msg.delivery_count + 1
+        );
+        let record = match &request_id {
+            Some(id) => self.ledger.get(id).await?,
+            None => None,
+        };
+        let span =
+            tracing::info_span!("give_up", request_id = request_id.as_deref().unwrap_or("-"));
+        async {
+            let Some(record) = record.filter(|r| r.status == Status::Running) else {
+                // Not a request the ledger holds running: keep the message
+                // itself, with the reason, and announce the failure.
+                let provider = ProviderId::parse(&request_provider(msg.body));
+                let invalid = Invalid {
+                    request_id: request_id.clone(),
+                    provider,
+                    operation: None,
+                    message: message.clone(),
+                };
+                let event = Event::new(EventKind::Failed, request_id.as_deref(), provider, None)
+                    .failed(ErrorKind::Exhausted, None, None, message.clone());
+                warn!(error.message = %message, "giving up on a message that keeps failing");
+                self.publish_event(t, &event).await?;
+                let reason = DeadReason {
+                    kind: ErrorKind::Exhausted,
+                    ..front_door::dead_reason(&invalid)
+                };
+                t.publish_dead(msg.body, &msg.props, &reason).await?;
+                self.metrics
+                    .dead_lettered_total
+                    .with_label_values(&[ErrorKind::Exhausted.as_str()])
+                    .inc();
+                return Ok(());
+            };
+            let provider_id = ProviderId::parse(&record.provider);
+            let operation = Operation::parse(&record.operation);
+            let step = record.current_step.clone();
+            let mut event = Event::new(
+                EventKind::Failed,
+                Some(&record.request_id),
+                provider_id,
+                operation,
+            )
+            .failed(ErrorKind::Exhausted, step.as_deref(), None, message.clone());
+            event.outputs = record.outputs.clone();
+            event.duration_ms = (now_ms() - record.accepted_at_ms).max(0);
+            let finish = Finish {
+                status: Status::Failed,
+                final_event: String::from_utf8(event.to_bytes()).expect("utf-8"),
+                step: step.clone(),
+                index: record.current_index,
+            };
+            self.ledger.finish(&record.request_id, &finish).await?;
+            warn!(error.message = %message, "giving up on a request whose messages keep failing");
+            self.publish_event(t, &event).await?;
+            let reason = DeadReason {
+                request_id: Some(record.request_id.clone()),
+                kind: ErrorKind::Exhausted,
+                step,
+                message,
+            };
+            t.publish_dead(&record.body, &OriginalProps::default(), &reason)
+                .await?;
+            self.metrics
+                .dead_lettered_total
+                .with_label_values(&[ErrorKind::Exhausted.as_str()])
+                .inc();
+            self.metrics
+                .requests_total
+                .with_label_values(&[
+                    &record.provider,
+                    &record.operation,
+                    ErrorKind::Exhausted.as_str(),
+                ])
+                .inc();
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Whether the ledger's database answers now.
+    pub async fn ledger_reachable(&self) -> bool {
+        self.ledger.ping().await.is_ok()
+    }
+}
+
+/// The `provider` member of a message body, if any (for a message the worker gives up on).
+fn request_provider(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("provider")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
 }
 
 fn first_step(request_id: &str, provider: ProviderId) -> StepMessage {
@@ -489,6 +734,8 @@ fn first_step(request_id: &str, provider: ProviderId) -> StepMessage {
         poll_state: None,
         not_before_ms: None,
         uncertain: false,
+        announce: false,
+        held: 0,
     }
 }
 
@@ -503,6 +750,11 @@ struct StepRun<'a> {
     record: RequestRecord,
     /// A copy of this message died or stalled mid-step (its lease ran out).
     interrupted: bool,
+    /// Set once this run's `accepted` event is confirmed.
+    announced: &'a AtomicBool,
+    /// Set when the provider was called: from then on a failure leaves the
+    /// outcome unknown.
+    called: &'a AtomicBool,
 }
 
 /// What a step came to, classified once.
@@ -549,6 +801,16 @@ impl StepRun<'_> {
         if self.record.status != Status::Running {
             return self.republish_final().await;
         }
+        if self.m.announce {
+            let accepted = Event::new(
+                EventKind::Accepted,
+                Some(&self.m.request_id),
+                Some(self.provider_id),
+                Some(self.operation()),
+            );
+            self.engine.publish_event(self.t, &accepted).await?;
+            self.announced.store(true, Ordering::SeqCst);
+        }
         let request = self.request_json()?;
         let input = request.get("input").cloned().unwrap_or(Value::Null);
         let return_credentials = request
@@ -583,17 +845,35 @@ impl StepRun<'_> {
                     None => Progress::default(),
                 };
                 // Idempotent: a step found recorded is recorded again with no
-                // change to its outputs, and the progress is noted.
-                self.engine
-                    .ledger
-                    .record_step(
-                        &self.m.request_id,
-                        &step.ledger_key(),
-                        &outputs,
-                        &secrets,
-                        &progress,
-                    )
-                    .await?;
+                // change to its outputs, and the progress is noted. A step
+                // whose provider call made something is held here, outcome in
+                // hand, until the ledger takes it: handing the message back
+                // instead would make the create again. While the ledger is
+                // away nobody else can claim the request, and consumption is
+                // paused.
+                let mut pause = Duration::from_secs(1);
+                loop {
+                    match self
+                        .engine
+                        .ledger
+                        .record_step(
+                            &self.m.request_id,
+                            &step.ledger_key(),
+                            &outputs,
+                            &secrets,
+                            &progress,
+                        )
+                        .await
+                    {
+                        Ok(()) => break,
+                        Err(e) if e.is_outage() => {
+                            warn!(step = step.name, retry_in_ms = pause.as_millis() as u64, "the ledger is away: holding the step's outcome until it can be recorded");
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(5));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
                 let mut all_outputs = self.record.outputs.clone();
                 all_outputs.extend(outputs);
                 let mut all_secrets = self.record.secrets.clone();
@@ -620,13 +900,17 @@ impl StepRun<'_> {
                     poll_state: None,
                     not_before_ms: None,
                     uncertain: false,
+                    announce: false,
+                    held: 0,
                     ..self.m.clone()
                 };
-                tokio::try_join!(
-                    self.t
-                        .publish_step(self.provider_id, next.to_bytes(), Duration::ZERO),
-                    self.engine.publish_event(self.t, &step_event),
-                )?;
+                // The event is confirmed before the successor exists: once
+                // the successor is out, this message is stale and would never
+                // publish a refused event again.
+                self.engine.publish_event(self.t, &step_event).await?;
+                self.t
+                    .publish_step(self.provider_id, next.to_bytes(), Duration::ZERO)
+                    .await?;
                 // No ledger write here: the successor's claim moves the cursor
                 // and takes the lease over (it exists, so it was confirmed).
                 info!(step = step.name, index = ?step.index, "step completed");
@@ -649,6 +933,8 @@ impl StepRun<'_> {
                     poll_deadline_ms,
                     poll_state,
                     not_before_ms: Some(due),
+                    announce: false,
+                    held: 0,
                     ..self.m.clone()
                 };
                 self.t
@@ -706,6 +992,7 @@ impl StepRun<'_> {
         };
         let gauge = self.engine.metrics.steps_in_flight.with_label_values(&[p]);
         gauge.inc();
+        self.called.store(true, Ordering::SeqCst);
         let started = Instant::now();
         let result = self.provider.run(&ctx).await;
         gauge.dec();
@@ -869,6 +1156,13 @@ impl StepRun<'_> {
                 .create_repeats_total
                 .with_label_values(&[self.provider_id.as_str(), step.name])
                 .inc();
+            if matches!(result, Ok(StepOutcome::Done(done)) if done.repeat_detected) {
+                self.engine
+                    .metrics
+                    .create_repeats_recognised_total
+                    .with_label_values(&[self.provider_id.as_str(), step.name])
+                    .inc();
+            }
             warn!(
                 step = step.name,
                 why, "a create was run again after an interrupted attempt"
@@ -915,18 +1209,15 @@ impl StepRun<'_> {
             step: None,
             index: Some(plan.len() as i64),
         };
-        let step_event = async {
-            match &last_step {
-                Some(e) => self.engine.publish_event(self.t, e).await,
-                None => Ok(()),
-            }
-        };
-        let (published, finished) = tokio::join!(
-            step_event,
-            self.engine.ledger.finish(&self.m.request_id, &finish)
-        );
-        published?;
-        finished?;
+        // The last step's event is confirmed before the end is recorded: a
+        // message that finds the request ended publishes only its final event.
+        if let Some(e) = &last_step {
+            self.engine.publish_event(self.t, e).await?;
+        }
+        self.engine
+            .ledger
+            .finish(&self.m.request_id, &finish)
+            .await?;
         self.engine.publish_event(self.t, &event).await?;
         self.wind_up("completed").await?;
         info!(duration_ms = event.duration_ms, "completed");
@@ -998,20 +1289,12 @@ impl StepRun<'_> {
             step: error.step.clone(),
             message: error.message.clone(),
         };
-        tokio::try_join!(
-            async {
-                self.t
-                    .publish_dead(&self.record.body, &OriginalProps::default(), &reason)
-                    .await
-                    .map_err(EngineError::from)
-            },
-            async {
-                self.engine
-                    .publish_event(self.t, event)
-                    .await
-                    .map_err(EngineError::from)
-            },
-        )?;
+        // The event first: while the broker refuses it, the request is held
+        // back, and no copy lands in onboarding.dead each time round.
+        self.engine.publish_event(self.t, event).await?;
+        self.t
+            .publish_dead(&self.record.body, &OriginalProps::default(), &reason)
+            .await?;
         self.engine
             .metrics
             .dead_lettered_total

@@ -23,6 +23,22 @@ pub fn retry_delay(
     drawn.max(retry_after.unwrap_or_default())
 }
 
+/// How long an onboarding is held back after the broker refused (nacked) one
+/// of its publishes for the `held`-th time in a row (1 for the first): doubling
+/// from 200 ms to at most 30 s, the upper half drawn at random so that held
+/// onboardings do not all come back at once.
+pub fn hold_back_delay(held: u32, rng: &mut impl Rng) -> Duration {
+    let ceiling = (200u64 << held.saturating_sub(1).min(16)).min(30_000);
+    Duration::from_millis(rng.random_range(ceiling / 2..=ceiling))
+}
+
+/// The pause before a delivery whose handling failed goes back to its queue,
+/// growing with the broker's delivery count so that a message that keeps
+/// failing does not spin: 250 ms doubling to at most 30 s.
+pub fn redelivery_pause(delivery_count: u32) -> Duration {
+    Duration::from_millis((250u64 << delivery_count.min(16)).min(30_000))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +89,36 @@ mod tests {
         for _ in 0..100 {
             let d = retry_delay(&policy(), 1, Some(Duration::from_secs(1)), &mut rng);
             assert!(d >= Duration::from_secs(1), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn a_refused_publish_holds_back_longer_each_time_up_to_thirty_seconds() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for (held, low, high) in [
+            (1, 100, 200),
+            (2, 200, 400),
+            (5, 1_600, 3_200),
+            (40, 15_000, 30_000),
+        ] {
+            for _ in 0..100 {
+                let d = hold_back_delay(held, &mut rng).as_millis() as u64;
+                assert!(
+                    (low..=high).contains(&d),
+                    "held {held}: {d} ms not in {low}..={high}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_failing_delivery_waits_longer_with_each_delivery() {
+        for (count, ms) in [(0, 250), (1, 500), (3, 2_000), (7, 30_000), (60, 30_000)] {
+            assert_eq!(
+                redelivery_pause(count),
+                Duration::from_millis(ms),
+                "delivery {count}"
+            );
         }
     }
 }

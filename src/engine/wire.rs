@@ -373,6 +373,19 @@ pub struct StepMessage {
     /// the provider may have acted on it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub uncertain: bool,
+    /// The request's `accepted` event is still to be published, before
+    /// anything else of it: set on the message that starts a request, cleared
+    /// on every message after the event was confirmed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub announce: bool,
+    /// Times the broker refused (nacked) a publish of this step's outcome in
+    /// a row; the onboarding is held back longer each time.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A member that is there is `Some`, even when it is `null` (serde's `Option`
@@ -629,6 +642,8 @@ mod tests {
             poll_state: None,
             not_before_ms: None,
             uncertain: false,
+            announce: false,
+            held: 0,
         };
         assert_eq!(
             serde_json::from_slice::<StepMessage>(&m.to_bytes()).unwrap(),
@@ -772,10 +787,12 @@ mod properties {
             poll_state in prop::option::of(json_value()),
             not_before_ms in any::<Option<i64>>(),
             uncertain in any::<bool>(),
+            announce in any::<bool>(),
+            held in any::<u32>(),
         ) {
             let m = StepMessage {
                 request_id, provider, seq, step, attempt, polls,
-                poll_deadline_ms, poll_state, not_before_ms, uncertain,
+                poll_deadline_ms, poll_state, not_before_ms, uncertain, announce, held,
             };
             let back: StepMessage = serde_json::from_slice(&m.to_bytes()).unwrap();
             prop_assert_eq!(back, m);
@@ -831,6 +848,8 @@ mod properties {
             poll_state: Some(Value::Null),
             not_before_ms: None,
             uncertain: false,
+            announce: false,
+            held: 0,
         };
         let back: StepMessage = serde_json::from_slice(&m.to_bytes()).unwrap();
         assert_eq!(back.poll_state, Some(Value::Null));

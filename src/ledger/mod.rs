@@ -40,6 +40,14 @@ pub enum LedgerError {
     Batch(String),
 }
 
+impl LedgerError {
+    /// The database could not be reached or did not answer (as opposed to
+    /// data it holds being wrong, or a bad URL).
+    pub fn is_outage(&self) -> bool {
+        matches!(self, LedgerError::Database(_) | LedgerError::Batch(_))
+    }
+}
+
 /// A request's status in the ledger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -193,6 +201,25 @@ pub trait Ledger: Send + Sync + 'static {
         next_seq: i64,
         progress: &Progress,
     ) -> Result<(), LedgerError>;
+
+    /// Extends the lease `owner` holds to `lease` from now (the ledger's
+    /// clock): the holder's heartbeat while its step runs. `false` when
+    /// `owner` no longer holds it (it ran out and another copy took it).
+    async fn renew(
+        &self,
+        request_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, LedgerError>;
+
+    /// Gives the lease up after a step whose provider call may have reached
+    /// the provider but whose outcome was not recorded: the lease is left as
+    /// if it had run out, so the next claim is at once granted *and* marked
+    /// `interrupted` (a possible repeat), exactly as after a crash.
+    async fn abandon(&self, request_id: &str, owner: &str) -> Result<(), LedgerError>;
+
+    /// One round trip to the database: is the ledger reachable?
+    async fn ping(&self) -> Result<(), LedgerError>;
 
     /// An operator's redrive of a failed request: back to running, failure
     /// cleared, outputs kept. Returns the record as it now stands, or `None`

@@ -200,6 +200,10 @@ fn record_from(row: &PgRow) -> Result<RequestRecord, LedgerError> {
     })
 }
 
+/// The database's clock in ms since the epoch (at the moment of evaluation,
+/// not the transaction's start).
+const DB_NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+
 #[async_trait]
 impl Ledger for PostgresLedger {
     async fn accept(&self, request: &NewRequest) -> Result<Accept, LedgerError> {
@@ -239,13 +243,14 @@ impl Ledger for PostgresLedger {
         owner: &str,
         lease: Duration,
     ) -> Result<Claim, LedgerError> {
-        let now = now_ms();
         let step = step as i64;
         let mut tx = self.pool.begin().await?;
-        let Some(row) = sqlx::query(
-            "SELECT cursor, lease_owner, lease_until, lease_seq, lease_step FROM requests
-             WHERE request_id = $1 FOR UPDATE",
-        )
+        // Lease times are the database's clock, read once the row lock is
+        // granted: hosts' clocks differ, and a lock wait must not eat the lease.
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT cursor, lease_owner, lease_until, lease_seq, lease_step, {DB_NOW_MS} AS now FROM requests
+             WHERE request_id = $1 FOR UPDATE"
+        )))
         .bind(request_id)
         .fetch_optional(&mut *tx)
         .await?
@@ -253,6 +258,7 @@ impl Ledger for PostgresLedger {
             tx.commit().await?;
             return Ok(Claim::Unknown);
         };
+        let now: i64 = row.try_get("now")?;
         let cursor: i64 = row.try_get("cursor")?;
         if seq < cursor {
             tx.commit().await?;
@@ -397,6 +403,40 @@ impl Ledger for PostgresLedger {
         .bind(request_id)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    async fn renew(
+        &self,
+        request_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, LedgerError> {
+        let changed = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE requests SET lease_until = {DB_NOW_MS} + $1 WHERE request_id = $2 AND lease_owner = $3"
+        )))
+        .bind(lease.as_millis() as i64)
+        .bind(request_id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    async fn abandon(&self, request_id: &str, owner: &str) -> Result<(), LedgerError> {
+        sqlx::query(
+            "UPDATE requests SET lease_until = 0 WHERE request_id = $1 AND lease_owner = $2",
+        )
+        .bind(request_id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), LedgerError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 

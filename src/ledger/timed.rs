@@ -12,18 +12,25 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 
 use super::{Accept, Claim, Finish, Ledger, LedgerError, NewRequest, Progress, RequestRecord};
-use crate::metrics::Metrics;
+use crate::metrics::{Health, Metrics};
 
 pub struct Timed {
     inner: Arc<dyn Ledger>,
     metrics: Metrics,
+    /// Marked not ready at the first database error, so `/readyz` says so
+    /// within seconds; the broker's handlers clear it once the ledger answers.
+    health: Health,
 }
 
 /// How long an idempotent operation is retried before its error is returned.
 const RETRY_FOR: Duration = Duration::from_secs(20);
 
 /// Runs `op` again while it fails with a database error, with capped back-off.
-async fn retried<T, F, Fut>(what: &str, mut op: F) -> Result<T, LedgerError>
+async fn retried<T, F, Fut>(
+    (health, metrics): (&Health, &Metrics),
+    what: &str,
+    mut op: F,
+) -> Result<T, LedgerError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, LedgerError>>,
@@ -35,9 +42,18 @@ where
             Err(e @ (LedgerError::Database(_) | LedgerError::Batch(_)))
                 if started.elapsed() < RETRY_FOR =>
             {
+                health.set_ledger_down(true);
+                metrics.ledger_unreachable.set(1);
                 tracing::warn!(op = what, error.message = %e, retry_in_ms = pause.as_millis() as u64, "ledger operation failed; retrying");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Ok(v) => {
+                if health.ledger_down() {
+                    health.set_ledger_down(false);
+                    metrics.ledger_unreachable.set(0);
+                }
+                return Ok(v);
             }
             other => return other,
         }
@@ -45,8 +61,12 @@ where
 }
 
 impl Timed {
-    pub fn wrap(inner: Arc<dyn Ledger>, metrics: Metrics) -> Arc<dyn Ledger> {
-        Arc::new(Timed { inner, metrics })
+    pub fn wrap(inner: Arc<dyn Ledger>, metrics: Metrics, health: Health) -> Arc<dyn Ledger> {
+        Arc::new(Timed {
+            inner,
+            metrics,
+            health,
+        })
     }
 
     fn timer(&self, op: &str) -> prometheus::HistogramTimer {
@@ -72,7 +92,7 @@ impl Ledger for Timed {
         lease: Duration,
     ) -> Result<Claim, LedgerError> {
         let _t = self.timer("claim");
-        retried("claim", || {
+        retried((&self.health, &self.metrics), "claim", || {
             self.inner.claim(request_id, seq, step, owner, lease)
         })
         .await
@@ -86,7 +106,7 @@ impl Ledger for Timed {
         progress: &Progress,
     ) -> Result<(), LedgerError> {
         let _t = self.timer("record_step");
-        retried("record_step", || {
+        retried((&self.health, &self.metrics), "record_step", || {
             self.inner
                 .record_step(request_id, step_key, outputs, secrets, progress)
         })
@@ -94,7 +114,10 @@ impl Ledger for Timed {
     }
     async fn finish(&self, request_id: &str, finish: &Finish) -> Result<(), LedgerError> {
         let _t = self.timer("finish");
-        retried("finish", || self.inner.finish(request_id, finish)).await
+        retried((&self.health, &self.metrics), "finish", || {
+            self.inner.finish(request_id, finish)
+        })
+        .await
     }
     async fn advance(
         &self,
@@ -104,18 +127,44 @@ impl Ledger for Timed {
         progress: &Progress,
     ) -> Result<(), LedgerError> {
         let _t = self.timer("advance");
-        retried("advance", || {
+        retried((&self.health, &self.metrics), "advance", || {
             self.inner.advance(request_id, owner, next_seq, progress)
         })
         .await
     }
+    async fn renew(
+        &self,
+        request_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, LedgerError> {
+        let _t = self.timer("renew");
+        // Not retried: the next heartbeat is the retry.
+        self.inner.renew(request_id, owner, lease).await
+    }
+    async fn abandon(&self, request_id: &str, owner: &str) -> Result<(), LedgerError> {
+        let _t = self.timer("abandon");
+        retried((&self.health, &self.metrics), "abandon", || {
+            self.inner.abandon(request_id, owner)
+        })
+        .await
+    }
+    async fn ping(&self) -> Result<(), LedgerError> {
+        self.inner.ping().await
+    }
     async fn redrive(&self, request_id: &str) -> Result<Option<RequestRecord>, LedgerError> {
         let _t = self.timer("redrive");
-        retried("redrive", || self.inner.redrive(request_id)).await
+        retried((&self.health, &self.metrics), "redrive", || {
+            self.inner.redrive(request_id)
+        })
+        .await
     }
     async fn get(&self, request_id: &str) -> Result<Option<RequestRecord>, LedgerError> {
         let _t = self.timer("get");
-        retried("get", || self.inner.get(request_id)).await
+        retried((&self.health, &self.metrics), "get", || {
+            self.inner.get(request_id)
+        })
+        .await
     }
     async fn counts(&self) -> Result<(i64, i64), LedgerError> {
         let _t = self.timer("counts");
