@@ -28,6 +28,9 @@
 #[path = "it/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+#[path = "it/pg.rs"]
+#[allow(dead_code)]
+mod pg;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -312,103 +315,6 @@ fn plan(seed: u64, tag: &str) -> Plan {
         requests,
         kills,
         job_duration_ms,
-    }
-}
-
-// ---- the ledger ---------------------------------------------------------------
-
-const DEFAULT_POSTGRES_URL: &str =
-    "postgres://onboarding:onboarding@127.0.0.1:5432/onboarding_test";
-
-fn postgres_base_url() -> String {
-    std::env::var("ONBOARDING_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into())
-}
-
-fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => "(unparseable url)".into(),
-    }
-}
-
-/// A database of its own on the test server, dropped when this is dropped.
-struct PgDatabase {
-    base: String,
-    name: String,
-    url: String,
-}
-
-impl PgDatabase {
-    async fn create() -> PgDatabase {
-        use sqlx::Connection;
-        let base = postgres_base_url();
-        let unreachable = |why: String| -> ! {
-            panic!(
-                "PostgreSQL for the chaos test is not reachable at {} ({why}).\n\
-                 Start it with `bash scripts/services.sh` (installs and starts PostgreSQL and \
-                 creates the role and database), or by hand:\n  \
-                 pg_ctlcluster --skip-systemctl-redirect 15 main start\n  \
-                 su postgres -c \"psql -c \\\"CREATE ROLE onboarding LOGIN PASSWORD 'onboarding' CREATEDB\\\"\"\n  \
-                 su postgres -c \"createdb -O onboarding onboarding_test\"\n\
-                 or point ONBOARDING_TEST_POSTGRES_URL at another server (its role needs CREATEDB).",
-                redacted(&base)
-            )
-        };
-        let mut admin =
-            match tokio::time::timeout(Duration::from_secs(10), sqlx::PgConnection::connect(&base))
-                .await
-            {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => unreachable(e.to_string()),
-                Err(_) => unreachable("no answer in 10 s".into()),
-            };
-        let name = format!("chaos_{}", uuid::Uuid::new_v4().simple());
-        // The name is ours: "chaos_" and hex digits.
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .unwrap_or_else(|e| panic!("CREATE DATABASE {name} (the role needs CREATEDB): {e}"));
-        let _ = admin.close().await;
-        let mut url = url::Url::parse(&base).expect("ONBOARDING_TEST_POSTGRES_URL is a URL");
-        url.set_path(&format!("/{name}"));
-        PgDatabase {
-            base,
-            name,
-            url: url.to_string(),
-        }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let base = self.base.clone();
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime: a thread of its own with its own.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                use sqlx::Connection;
-                let mut admin = sqlx::PgConnection::connect(&base).await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut admin)
-                .await?;
-                admin.close().await
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop database {}: {dropped:?}", self.name);
-        }
     }
 }
 
@@ -974,7 +880,7 @@ async fn run_chaos(backend: Backend) {
     })
     .await;
     let pg = match backend {
-        Backend::Postgres => Some(PgDatabase::create().await),
+        Backend::Postgres => Some(pg::PgDatabase::create().await),
         Backend::Sqlite => None,
     };
     let ledger_url = match &pg {
@@ -1141,6 +1047,10 @@ async fn run_chaos(backend: Backend) {
 
     // ---- final events ----
     let repeats = fleet.by_labels("onboarding_create_repeats_total", &["provider", "step"]);
+    let recognised = fleet.by_labels(
+        "onboarding_create_repeats_recognised_total",
+        &["provider", "step"],
+    );
     let counted = |provider: &str, step: &str| -> usize {
         repeats
             .get(&vec![provider.to_string(), step.to_string()])
@@ -1245,6 +1155,7 @@ async fn run_chaos(backend: Backend) {
     steps_with_repeats.extend(repeats.keys().map(|k| (k[0].clone(), k[1].clone())));
     let mut seen_total = 0;
     let mut counted_total = 0;
+    let mut recognised_total = 0;
     let mut repeat_lines = Vec::new();
     for (provider, step) in &steps_with_repeats {
         let s = seen
@@ -1252,9 +1163,17 @@ async fn run_chaos(backend: Backend) {
             .copied()
             .unwrap_or(0);
         let c = counted(provider, step);
+        let r = recognised
+            .get(&vec![provider.clone(), step.clone()])
+            .copied()
+            .unwrap_or(0.0) as usize;
         seen_total += s;
         counted_total += c;
-        repeat_lines.push(format!("{provider}/{step}: seen {s}, counted {c}"));
+        recognised_total += r;
+        repeat_lines.push(format!(
+            "{provider}/{step}: seen {s}, counted {c} (recognised and adopted {r}, unrecognisable {})",
+            c.saturating_sub(r)
+        ));
         if s > c {
             problems.push(format!(
                 "{provider}/{step}: {s} repeated creates at the provider, only {c} counted in onboarding_create_repeats_total (see {})",
@@ -1334,7 +1253,8 @@ async fn run_chaos(backend: Backend) {
         plan.requests.len()
     );
     println!(
-        "chaos[{b}] repeated creates: seen {seen_total}, counted {counted_total} [{}] {seen_where:?}",
+        "chaos[{b}] repeated creates: seen {seen_total}, counted {counted_total} (recognised {recognised_total}, unrecognisable {}) [{}] {seen_where:?}",
+        counted_total.saturating_sub(recognised_total),
         repeat_lines.join("; ")
     );
     println!(

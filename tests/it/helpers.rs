@@ -399,8 +399,25 @@ impl TestEnv {
         self.seen.lock().await.clone()
     }
 
+    /// What `onboarding.dead` holds. A message's copy is published there
+    /// right after its `failed` event is confirmed, so this waits (up to 5 s)
+    /// until it holds at least one message per `failed` event seen so far.
     pub async fn dead(&self) -> Vec<DeadMessage> {
-        self.admin.dead_list().await.expect("list dead")
+        let failed = self
+            .seen
+            .lock()
+            .await
+            .iter()
+            .filter(|e| e["event"] == "failed")
+            .count();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let dead = self.admin.dead_list().await.expect("list dead");
+            if dead.len() >= failed || Instant::now() > deadline {
+                return dead;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn metrics_text(&self) -> String {

@@ -6,6 +6,8 @@
 //! - `front_door`: invalid messages end in `failed` and `onboarding.dead`.
 //! - `hostile`: hostile requests (nesting, sizes, forged headers, look-alikes) fail cleanly.
 //! - `sharespine`: the step engine end to end on Sharespine.
+//! - `guarantees`: the guarantees under broker faults (nacks, cancelled consumers,
+//!   returns in flight, closed channels, a lease outlasted, a disagreeing header).
 //! - `resilience`: transient faults, delays in queues, duplicates, crashes, reconnects.
 //! - `misbehaving`: providers answering HTML, unusable JSON, huge or endless bodies,
 //!   redirect loops, empty 4xx, resets mid-response: each ends in its contract class.
@@ -16,6 +18,7 @@
 mod cli;
 mod computestacks;
 mod front_door;
+mod guarantees;
 mod helpers;
 mod hostile;
 mod magento_bi;
