@@ -179,10 +179,17 @@ pub async fn execute(cli: Cli, settings: Settings) -> Result<i32, Exit> {
             Ok(0)
         }
         Command::Dead { command } => {
-            let admin =
-                Admin::connect_with_ca(settings.amqp.url.expose(), settings.amqp.tls_ca_path())
-                    .await
-                    .map_err(|e| Exit::runtime(broker_hint(e)))?;
+            let admin = Admin::connect_any(
+                &settings
+                    .amqp
+                    .nodes()
+                    .iter()
+                    .map(|u| u.expose())
+                    .collect::<Vec<_>>(),
+                settings.amqp.tls_ca_path(),
+            )
+            .await
+            .map_err(|e| Exit::runtime(broker_hint(e)))?;
             let code = match command {
                 DeadCommand::List { json } => {
                     let dead = admin.dead_list().await.map_err(Exit::runtime)?;

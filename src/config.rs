@@ -60,6 +60,11 @@ pub struct Settings {
 pub struct AmqpSettings {
     /// Broker URL; may carry a password, so it is a secret.
     pub url: Secret,
+    /// The nodes of a RabbitMQ cluster, tried in turn: the worker connects to
+    /// the first that answers and, on a lost connection, tries the next. When
+    /// set, `url` is not used. From the environment: comma-separated.
+    #[serde(default)]
+    pub urls: Vec<Secret>,
     /// Unacknowledged deliveries per consumer (one consumer per queue).
     pub prefetch: u16,
     /// Larger request bodies are `invalid_request`, kept whole in `onboarding.dead`.
@@ -74,6 +79,15 @@ pub struct AmqpSettings {
 }
 
 impl AmqpSettings {
+    /// The broker addresses to try, in order: `urls`, or else `url`.
+    pub fn nodes(&self) -> Vec<&Secret> {
+        if self.urls.is_empty() {
+            vec![&self.url]
+        } else {
+            self.urls.iter().collect()
+        }
+    }
+
     /// `tls_ca_file`, or `None` when empty (the system's roots only).
     pub fn tls_ca_path(&self) -> Option<&Path> {
         (!self.tls_ca_file.is_empty()).then(|| Path::new(&self.tls_ca_file))
@@ -233,7 +247,9 @@ impl Settings {
         let mut environment = config::Environment::with_prefix("ONBOARDING")
             .prefix_separator("__")
             .separator("__")
-            .try_parsing(true);
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("amqp.urls");
         if let Some(env) = env {
             environment = environment.source(Some(env.into_iter().collect()));
         }
@@ -246,19 +262,32 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Each broker address with the key that names it in errors.
+    fn amqp_keys(&self) -> Vec<(String, &Secret)> {
+        if self.amqp.urls.is_empty() {
+            vec![("amqp.url".to_string(), &self.amqp.url)]
+        } else {
+            (self.amqp.urls.iter().enumerate())
+                .map(|(i, u)| (format!("amqp.urls[{i}]"), u))
+                .collect()
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError::Invalid(format!("{key}: {why}")));
         // Parsed here so a bad URL is a start-up error naming the key; the
         // message never quotes the URL, which may hold a password.
-        match url::Url::parse(self.amqp.url.expose()) {
-            Ok(u) if matches!(u.scheme(), "amqp" | "amqps") && u.host_str().is_some() => {}
-            Ok(_) => {
-                return bad(
-                    "amqp.url",
-                    "must be amqp://user:password@host:port/vhost (or amqps://)",
-                )
+        for (key, url) in self.amqp_keys() {
+            match url::Url::parse(url.expose()) {
+                Ok(u) if matches!(u.scheme(), "amqp" | "amqps") && u.host_str().is_some() => {}
+                Ok(_) => {
+                    return bad(
+                        &key,
+                        "must be amqp://user:password@host:port/vhost (or amqps://)",
+                    )
+                }
+                Err(e) => return bad(&key, &format!("is not a URL ({e})")),
             }
-            Err(e) => return bad("amqp.url", &format!("is not a URL ({e})")),
         }
         if self.amqp.prefetch == 0 {
             return bad("amqp.prefetch", "must be at least 1");

@@ -88,7 +88,7 @@ pub async fn run(mut settings: Settings, timeout: Duration) -> anyhow::Result<i3
         }
     }
     settings.metrics.listen = "127.0.0.1:0".into();
-    let admin = Admin::connect_with_ca(settings.amqp.url.expose(), settings.amqp.tls_ca_path())
+    let admin = Admin::connect_any(&settings.amqp.nodes().iter().map(|u| u.expose()).collect::<Vec<_>>(), settings.amqp.tls_ca_path())
         .await
         .map_err(|e| {
         anyhow::anyhow!(

@@ -54,6 +54,13 @@ pub struct Metrics {
     /// Of those, the ones where the provider's answer showed the earlier
     /// attempt's resource and the step adopted it (nothing made twice).
     pub create_repeats_recognised_total: IntCounterVec,
+    /// Leases taken over at once because their holder's worker was gone.
+    pub lease_takeovers_total: prometheus::IntCounter,
+    /// Steps sent to wait out a provider's shared pause (its 429/503 with
+    /// `Retry-After`), by provider.
+    pub provider_pause_waits_total: IntCounterVec,
+    /// How long each provider's steps are still held by its pause (sampled).
+    pub provider_paused_seconds: prometheus::GaugeVec,
     /// Events published, by event name.
     pub events_published_total: IntCounterVec,
     /// Tasks alive in the worker's runtime (sampled): flat while onboardings
@@ -61,6 +68,8 @@ pub struct Metrics {
     pub runtime_alive_tasks: IntGauge,
     /// 1 while connected to the broker and consuming.
     pub broker_connected: IntGauge,
+    /// 1 for the broker node the worker is connected to, 0 for the others.
+    pub broker_node: IntGaugeVec,
     /// Connections (re)established.
     pub broker_connections_total: prometheus::IntCounter,
     /// Broker sessions that ended by failure, by reason (connection_lost,
@@ -185,8 +194,24 @@ impl Metrics {
             create_repeats_recognised_total: counter(&r, "onboarding_create_repeats_recognised_total", "Of the possible repeats, those where the earlier attempt's resource was found at the provider and adopted (nothing made twice), by provider and step.", &["provider", "step"]),
             events_published_total: counter(&r, "onboarding_events_published_total", "Events published, by event.", &["event"]),
             broker_connected: gauge(&r, "onboarding_broker_connected", "1 while connected to the broker and consuming."),
+            broker_node: {
+                let g = IntGaugeVec::new(Opts::new("onboarding_broker_node", "1 for the broker node (host:port from amqp.urls) the worker is connected to, 0 for the others."), &["node"]).expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             runtime_alive_tasks: gauge(&r, "onboarding_runtime_alive_tasks", "Tasks alive in the worker's async runtime (sampled every 5 s)."),
             broker_connections_total,
+            provider_pause_waits_total: counter(&r, "onboarding_provider_pause_waits_total", "Steps sent to wait out a provider's pause (its 429 or 503 with Retry-After, shared by every worker), by provider.", &["provider"]),
+            provider_paused_seconds: {
+                let g = prometheus::GaugeVec::new(Opts::new("onboarding_provider_paused_seconds", "Seconds each provider's steps are still held by its shared pause, as of the last step or pause seen."), &["provider"]).expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
+            lease_takeovers_total: {
+                let c = prometheus::IntCounter::new("onboarding_lease_takeovers_total", "Leases taken over at once because the worker holding them was gone (its PostgreSQL session, or its process on this host).").expect("valid metric");
+                r.register(Box::new(c.clone())).expect("registered once");
+                c
+            },
             broker_session_failures_total: counter(&r, "onboarding_broker_session_failures_total", "Broker sessions that failed, by reason: connection_lost, consumer_cancelled (a basic.cancel or an ended consumer), channel_closed.", &["reason"]),
             ledger_unreachable: gauge(&r, "onboarding_ledger_unreachable", "1 while the ledger does not answer: consumption paused, /readyz not ready."),
             ledger_seconds,
@@ -270,6 +295,8 @@ impl Metrics {
 pub struct Health {
     /// Broker session up (set by the broker loop).
     ready: Arc<AtomicBool>,
+    /// The broker node (`host:port`) of the session, for `/readyz`.
+    node: Arc<std::sync::Mutex<Option<String>>>,
     /// The ledger did not answer; cleared when it answers again.
     ledger_down: Arc<AtomicBool>,
 }
@@ -277,6 +304,13 @@ pub struct Health {
 impl Health {
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
+    }
+    pub fn set_node(&self, node: Option<String>) {
+        *self.node.lock().expect("health lock") = node;
+    }
+    /// The broker node of the current session, if any.
+    pub fn node(&self) -> Option<String> {
+        self.node.lock().expect("health lock").clone()
     }
     pub fn set_ledger_down(&self, down: bool) {
         self.ledger_down.store(down, Ordering::SeqCst);
@@ -323,7 +357,13 @@ async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     match s.health.not_ready_reason() {
-        None => (StatusCode::OK, "ready\n".to_string()),
+        None => (
+            StatusCode::OK,
+            format!(
+                "ready (broker node {})\n",
+                s.health.node().unwrap_or_else(|| "?".into())
+            ),
+        ),
         Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),

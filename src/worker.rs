@@ -81,7 +81,9 @@ impl Worker {
             shutdown.clone(),
         ));
         let broker_settings = BrokerSettings {
-            url: settings.amqp.url.expose().to_string(),
+            urls: (settings.amqp.nodes().iter())
+                .map(|u| u.expose().to_string())
+                .collect(),
             prefetch: settings.amqp.prefetch,
             reconnect_min: Duration::from_millis(settings.amqp.reconnect_min_ms),
             reconnect_max: Duration::from_millis(settings.amqp.reconnect_max_ms),

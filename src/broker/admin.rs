@@ -83,6 +83,22 @@ impl Admin {
         Self::connect_with_ca(url, None).await
     }
 
+    /// Connects to the first of a cluster's `urls` that answers (see
+    /// [`Admin::connect_with_ca`]); the last node's error if none does.
+    pub async fn connect_any(
+        urls: &[&str],
+        tls_ca_file: Option<&std::path::Path>,
+    ) -> Result<Admin, BrokerError> {
+        let mut last = BrokerError::Other("no broker address configured".into());
+        for url in urls {
+            match Self::connect_with_ca(url, tls_ca_file).await {
+                Ok(admin) => return Ok(admin),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     /// As [`Admin::connect`], trusting the CA certificates in `tls_ca_file`
     /// for an `amqps://` URL (see [`connect`]).
     pub async fn connect_with_ca(

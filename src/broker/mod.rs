@@ -54,7 +54,8 @@ pub enum BrokerError {
 /// How the worker talks to the broker.
 #[derive(Clone, Debug)]
 pub struct BrokerSettings {
-    pub url: String,
+    /// The broker's nodes, tried in turn (one for a single broker).
+    pub urls: Vec<String>,
     pub prefetch: u16,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -285,6 +286,28 @@ impl Transport for AmqpTransport {
             .await
     }
 
+    async fn publish_pause(
+        &self,
+        provider: ProviderId,
+        until_ms: i64,
+    ) -> Result<(), TransportError> {
+        let body = serde_json::to_vec(&crate::engine::pauses::PauseMessage {
+            provider: provider.as_str().into(),
+            until_ms,
+        })
+        .expect("serialises");
+        let left = (until_ms - crate::ledger::now_ms()).max(1);
+        // Transient, and gone once the pause is over: a worker that starts
+        // later would find nothing to hold.
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_expiration(left.to_string().into());
+        let _t = self.timer("control");
+        self.pool
+            .publish(topology::CONTROL_EXCHANGE, "", false, &body, props)
+            .await
+    }
+
     async fn publish_dead(
         &self,
         body: &[u8],
@@ -496,6 +519,8 @@ impl SessionFailure {
 enum Source {
     Requests,
     Steps(ProviderId),
+    /// This session's own queue on `onboarding.control`.
+    Control,
 }
 
 impl Source {
@@ -503,6 +528,20 @@ impl Source {
         match self {
             Source::Requests => topology::REQUESTS_QUEUE.to_string(),
             Source::Steps(p) => topology::step_queue(p),
+            Source::Control => topology::CONTROL_EXCHANGE.to_string(),
+        }
+    }
+}
+
+/// A message on `onboarding.control`: a provider's pause to honour.
+fn on_control(engine: &Engine, body: &[u8]) {
+    match serde_json::from_slice::<crate::engine::pauses::PauseMessage>(body) {
+        Ok(p) => match ProviderId::parse(&p.provider) {
+            Some(provider) => engine.pause_provider(provider, p.until_ms),
+            None => warn!(provider = %p.provider, "pause for an unknown provider ignored"),
+        },
+        Err(e) => {
+            warn!(error.message = %e, bytes = body.len(), "unreadable control message ignored")
         }
     }
 }
@@ -517,12 +556,32 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut backoff = new_backoff(&settings);
+    let nodes: Vec<String> = settings.urls.iter().map(|u| node_name(u)).collect();
+    for n in &nodes {
+        metrics.broker_node.with_label_values(&[n]).set(0);
+    }
+    // The node to try next, and how many have failed in a row.
+    let mut node = 0;
+    let mut failed_in_a_row = 0;
     loop {
         if shutdown.is_cancelled() {
             break;
         }
         let started = std::time::Instant::now();
-        let outcome = session(&settings, &engine, &health, &metrics, &shutdown).await;
+        let outcome = session(
+            &settings,
+            &settings.urls[node],
+            &nodes[node],
+            &engine,
+            &health,
+            &metrics,
+            &shutdown,
+        )
+        .await;
+        metrics
+            .broker_node
+            .with_label_values(&[&nodes[node]])
+            .set(0);
         // A session that stayed up a while resets the back-off.
         if started.elapsed() > Duration::from_secs(30) {
             backoff = new_backoff(&settings);
@@ -531,13 +590,26 @@ pub async fn run(
             Ok(()) => break, // shut down cleanly
             Err((reason, e)) => {
                 health.set_ready(false);
+                health.set_node(None);
                 metrics.broker_connected.set(0);
                 metrics
                     .broker_session_failures_total
                     .with_label_values(&[reason.as_str()])
                     .inc();
-                let pause = backoff.next().unwrap_or(settings.reconnect_max);
-                warn!(reason = reason.as_str(), error.message = %e, retry_in_ms = pause.as_millis() as u64, "broker session failed; reconnecting and declaring the topology again");
+                // The next node at once while some of this round's are
+                // untried; a pause that grows once every node has failed.
+                if started.elapsed() > Duration::from_secs(30) {
+                    failed_in_a_row = 0;
+                }
+                failed_in_a_row += 1;
+                let failed_node = node;
+                node = (node + 1) % nodes.len();
+                let pause = if failed_in_a_row % nodes.len() != 0 {
+                    settings.reconnect_min
+                } else {
+                    backoff.next().unwrap_or(settings.reconnect_max)
+                };
+                warn!(reason = reason.as_str(), node = %nodes[failed_node], next_node = %nodes[node], error.message = %e, retry_in_ms = pause.as_millis() as u64, "broker session failed; reconnecting and declaring the topology again");
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = shutdown.cancelled() => break,
@@ -546,7 +618,22 @@ pub async fn run(
         }
     }
     health.set_ready(false);
+    health.set_node(None);
     metrics.broker_connected.set(0);
+}
+
+/// `host:port` of a broker URL: how logs, `/readyz` and the
+/// `onboarding_broker_node` metric name a node (never its credentials).
+pub fn node_name(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let port = u
+                .port()
+                .unwrap_or(if u.scheme() == "amqps" { 5671 } else { 5672 });
+            format!("{}:{port}", u.host_str().unwrap_or("?"))
+        }
+        Err(_) => "(unparseable url)".into(),
+    }
 }
 
 fn new_backoff(s: &BrokerSettings) -> impl Iterator<Item = Duration> {
@@ -562,19 +649,17 @@ fn new_backoff(s: &BrokerSettings) -> impl Iterator<Item = Duration> {
 /// `Ok` after a clean shutdown, `Err` with the reason when the session failed.
 async fn session(
     settings: &BrokerSettings,
+    url: &str,
+    node: &str,
     engine: &Engine,
     health: &Health,
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<(), (SessionFailure, BrokerError)> {
     let lost = |e: BrokerError| (SessionFailure::ConnectionLost, e);
-    let conn = connect(
-        &settings.url,
-        "onboarding-worker",
-        settings.tls_ca_file.as_deref(),
-    )
-    .await
-    .map_err(lost)?;
+    let conn = connect(url, "onboarding-worker", settings.tls_ca_file.as_deref())
+        .await
+        .map_err(lost)?;
     let setup = conn.create_channel().await.map_err(|e| lost(e.into()))?;
     topology::declare(&setup)
         .await
@@ -626,11 +711,58 @@ async fn session(
         consumers.push((ch, tag));
         streams.push(stream.boxed());
     }
+    {
+        // A queue of this session's own on the control exchange: exclusive,
+        // so it goes with the connection. Auto-acknowledged: a pause is
+        // advice, and a lost one is found again at the provider.
+        let ch = conn.create_channel().await.map_err(|e| lost(e.into()))?;
+        let queue = ch
+            .queue_declare(
+                "".into(),
+                lapin::options::QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| lost(e.into()))?;
+        ch.queue_bind(
+            queue.name().clone(),
+            topology::CONTROL_EXCHANGE.into(),
+            "".into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| lost(e.into()))?;
+        let tag = format!("onboarding-worker-control-{}", uuid::Uuid::new_v4());
+        let consumer = ch
+            .basic_consume(
+                queue.name().clone(),
+                tag.as_str().into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| lost(e.into()))?;
+        let stream = consumer
+            .map(|d| (Source::Control, Some(d)))
+            .chain(futures::stream::once(async { (Source::Control, None) }));
+        consumers.push((ch, tag));
+        streams.push(stream.boxed());
+    }
     let mut deliveries = futures::stream::select_all(streams);
+    health.set_node(Some(node.to_string()));
     health.set_ready(true);
     metrics.broker_connected.set(1);
+    metrics.broker_node.with_label_values(&[node]).set(1);
     metrics.broker_connections_total.inc();
-    info!("connected to the broker and consuming");
+    info!(node, "connected to the broker and consuming");
     let mut watchdog = tokio::time::interval(CHANNEL_CHECK_EVERY);
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -647,6 +779,7 @@ async fn session(
                 }
             }
             next = deliveries.next() => match next {
+                Some((Source::Control, Some(Ok(delivery)))) => on_control(engine, &delivery.data),
                 Some((source, Some(Ok(delivery)))) => {
                     let handler = Handler {
                         engine: engine.clone(),
@@ -816,6 +949,8 @@ impl Handler {
             match source {
                 Source::Requests => engine.handle_request(transport.as_ref(), incoming).await,
                 Source::Steps(_) => engine.handle_step(transport.as_ref(), incoming).await,
+                // Read by the session itself, never handed to a handler.
+                Source::Control => Ok(()),
             }
         });
         match work.await {

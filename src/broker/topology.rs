@@ -15,6 +15,8 @@
 //!   Dead-lettering is `at-least-once` (which needs `x-overflow: reject-publish`):
 //!   the default for quorum queues is at-most-once, and a lost dead-letter is a
 //!   lost onboarding.
+//! - `onboarding.control` (fanout exchange) → one exclusive, auto-delete queue
+//!   per worker session: a provider's shared pause, seen by every worker.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -28,6 +30,9 @@ pub const EVENTS_EXCHANGE: &str = "onboarding.events";
 pub const DEAD_QUEUE: &str = "onboarding.dead";
 pub const STEPS_EXCHANGE: &str = "onboarding.steps";
 pub const DELAY_EXCHANGE: &str = "onboarding.delay";
+/// Fanout: messages every worker sees (a provider's shared pause). Each
+/// worker binds an exclusive, server-named queue of its own.
+pub const CONTROL_EXCHANGE: &str = "onboarding.control";
 
 /// Delay tiers in milliseconds. A delay is waited in the longest tier not
 /// longer than it, and the remainder in the next message (the engine re-delays
@@ -117,6 +122,14 @@ pub async fn declare(channel: &Channel) -> lapin::Result<()> {
             )
             .await?;
     }
+    channel
+        .exchange_declare(
+            CONTROL_EXCHANGE.into(),
+            ExchangeKind::Fanout,
+            exchange_opts,
+            FieldTable::default(),
+        )
+        .await?;
     channel
         .queue_declare(
             DEAD_QUEUE.into(),

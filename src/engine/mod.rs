@@ -9,6 +9,7 @@
 
 pub mod front_door;
 pub mod local;
+pub mod pauses;
 pub mod schedule;
 pub mod step;
 pub mod wire;
@@ -96,6 +97,13 @@ pub trait Transport: Send + Sync {
         request_id: Option<&str>,
         body: Vec<u8>,
     ) -> Result<(), TransportError>;
+    /// Tells every worker to hold `provider`'s steps until `until_ms`
+    /// (best effort: a worker that misses it finds the limit itself).
+    async fn publish_pause(
+        &self,
+        provider: ProviderId,
+        until_ms: i64,
+    ) -> Result<(), TransportError>;
     /// The original message, whole, to `onboarding.dead`.
     async fn publish_dead(
         &self,
@@ -142,6 +150,7 @@ pub struct Engine {
     ledger: Arc<dyn Ledger>,
     metrics: Metrics,
     settings: EngineSettings,
+    pauses: pauses::ProviderPauses,
 }
 
 /// A delay tier may deliver this much early and the step still runs.
@@ -159,6 +168,23 @@ impl Engine {
             ledger,
             metrics,
             settings,
+            pauses: pauses::ProviderPauses::default(),
+        }
+    }
+
+    /// A pause message from another worker (or this one): hold `provider`'s
+    /// steps until then.
+    pub fn pause_provider(&self, provider: ProviderId, until_ms: i64) {
+        if self.pauses.pause(provider, until_ms) {
+            self.metrics
+                .provider_paused_seconds
+                .with_label_values(&[provider.as_str()])
+                .set((until_ms - now_ms()).max(0) as f64 / 1000.0);
+            info!(
+                provider = provider.as_str(),
+                for_ms = (until_ms - now_ms()).max(0),
+                "provider asked us to slow down: holding its steps"
+            );
         }
     }
 
@@ -449,37 +475,78 @@ impl Engine {
                 return Ok(());
             }
         }
+        let paused = self.pauses.remaining_ms(provider_id);
+        self.metrics
+            .provider_paused_seconds
+            .with_label_values(&[provider_id.as_str()])
+            .set(paused as f64 / 1000.0);
+        if paused > 0 {
+            // The provider's rate limit holds every worker: wait it out in a
+            // delay queue, with a little spread so the steps do not all come
+            // back in the same instant.
+            self.metrics
+                .provider_pause_waits_total
+                .with_label_values(&[provider_id.as_str()])
+                .inc();
+            let spread = rand::random_range(0..=(paused / 10).clamp(1, 1_000));
+            let again = StepMessage {
+                not_before_ms: Some(now + paused + spread),
+                ..m
+            };
+            t.publish_step(
+                provider_id,
+                again.to_bytes(),
+                Duration::from_millis((paused + spread) as u64),
+            )
+            .await?;
+            return Ok(());
+        }
         let provider = self.provider(provider_id).clone();
-        let owner = uuid::Uuid::new_v4().to_string();
+        let owner = format!("{}/{}", self.ledger.worker_id(), uuid::Uuid::new_v4());
         let lease = provider.call_timeout() + self.settings.lease_margin;
-        let (record, interrupted) = match self
-            .ledger
-            .claim(&m.request_id, m.seq, m.step, &owner, lease)
-            .await?
-        {
-            Claim::Granted {
-                record,
-                interrupted,
-            } => (*record, interrupted),
-            Claim::Stale => {
-                debug!("stale copy of a step message dropped");
-                self.metrics
-                    .duplicates_dropped_total
-                    .with_label_values(&[provider_id.as_str()])
-                    .inc();
-                return Ok(());
+        let mut asked_holder = false;
+        let (record, interrupted) = loop {
+            match self
+                .ledger
+                .claim(&m.request_id, m.seq, m.step, &owner, lease)
+                .await?
+            {
+                Claim::Granted {
+                    record,
+                    interrupted,
+                } => break (*record, interrupted),
+                Claim::Stale => {
+                    debug!("stale copy of a step message dropped");
+                    self.metrics
+                        .duplicates_dropped_total
+                        .with_label_values(&[provider_id.as_str()])
+                        .inc();
+                    return Ok(());
+                }
+                // A holder whose worker is gone (killed, its host lost) need
+                // not be waited out: its lease is left as expired and claimed
+                // again at once, marked as a possible repeat. A live holder,
+                // however slow, keeps it (it renews it).
+                Claim::Busy { holder, .. }
+                    if !asked_holder && !self.ledger.holder_alive(&holder).await? =>
+                {
+                    asked_holder = true;
+                    info!("the lease's holder is gone: taking its step over now");
+                    self.metrics.lease_takeovers_total.inc();
+                    self.ledger.abandon(&m.request_id, &holder).await?;
+                }
+                Claim::Busy { until_ms, .. } => {
+                    debug!("another copy holds the lease; waiting in a delay queue");
+                    self.metrics
+                        .retries_total
+                        .with_label_values(&[provider_id.as_str(), RetryReason::Leased.as_str()])
+                        .inc();
+                    let wait = Duration::from_millis((until_ms - now).max(0) as u64 + 50);
+                    t.publish_step(provider_id, m.to_bytes(), wait).await?;
+                    return Ok(());
+                }
+                Claim::Unknown => return Err(EngineError::UnknownRequest(m.request_id.clone())),
             }
-            Claim::Busy { until_ms } => {
-                debug!("another copy holds the lease; waiting in a delay queue");
-                self.metrics
-                    .retries_total
-                    .with_label_values(&[provider_id.as_str(), RetryReason::Leased.as_str()])
-                    .inc();
-                let wait = Duration::from_millis((until_ms - now).max(0) as u64 + 50);
-                t.publish_step(provider_id, m.to_bytes(), wait).await?;
-                return Ok(());
-            }
-            Claim::Unknown => return Err(EngineError::UnknownRequest(m.request_id.clone())),
         };
         let original = m.clone();
         let announced = AtomicBool::new(false);
@@ -1068,6 +1135,15 @@ impl StepRun<'_> {
                 http_status,
                 message,
             }) => {
+                if let (RetryReason::RateLimited | RetryReason::ServerError, Some(wait)) =
+                    (reason, retry_after)
+                {
+                    let until = now_ms() + wait.as_millis() as i64;
+                    self.engine.pause_provider(self.provider_id, until);
+                    if let Err(e) = self.t.publish_pause(self.provider_id, until).await {
+                        warn!(error.message = %e, "could not tell the other workers of the provider's pause");
+                    }
+                }
                 let policy = self.provider.retry_policy();
                 let attempt = self.m.attempt + 1;
                 if attempt >= policy.max_attempts {

@@ -130,8 +130,9 @@ pub enum Claim {
     },
     /// A newer step message was already published: this copy is superseded.
     Stale,
-    /// Another copy holds the lease until then (ms since epoch).
-    Busy { until_ms: i64 },
+    /// Another copy holds the lease until then (ms since epoch); `holder` is
+    /// its owner, whose worker may be asked after ([`Ledger::holder_alive`]).
+    Busy { until_ms: i64, holder: String },
     /// No such request (a ledger that was wiped).
     Unknown,
 }
@@ -220,6 +221,17 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// One round trip to the database: is the ledger reachable?
     async fn ping(&self) -> Result<(), LedgerError>;
+
+    /// This worker process's identity, the prefix of every lease owner it
+    /// writes (`<worker_id>/<claim>`), by which another worker can ask
+    /// whether it is still alive.
+    fn worker_id(&self) -> &str;
+
+    /// Whether the worker that wrote lease owner `owner` still lives: on
+    /// PostgreSQL, whether its session still holds its advisory lock; on
+    /// SQLite, whether its process still runs on this host. `true` when it
+    /// cannot be told (another host, an owner of an older version).
+    async fn holder_alive(&self, owner: &str) -> Result<bool, LedgerError>;
 
     /// An operator's redrive of a failed request: back to running, failure
     /// cleared, outputs kept. Returns the record as it now stands, or `None`

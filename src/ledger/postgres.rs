@@ -80,6 +80,53 @@ const SELECT_REQUEST: &str = "SELECT request_id, provider, operation, body, stat
 
 pub struct PostgresLedger {
     pool: PgPool,
+    /// `pg:<key>`: this worker holds the session advisory lock
+    /// (`LIVENESS_LOCK_CLASS`, key) for its life, on a connection of its own.
+    worker_id: String,
+    /// Keeps that connection (and the lock) up; stopped with the ledger.
+    liveness: tokio::task::JoinHandle<()>,
+}
+
+/// First key of the advisory locks that say a worker is alive ("ONBW").
+const LIVENESS_LOCK_CLASS: i32 = 0x4f4e_4257;
+
+impl Drop for PostgresLedger {
+    fn drop(&mut self) {
+        self.liveness.abort();
+    }
+}
+
+/// Holds this worker's liveness lock on a connection of its own for as long
+/// as the ledger lives, taking it again (on a new connection) whenever the
+/// connection is lost, e.g. across a database restart. Checked every second:
+/// meanwhile a claimer may take this worker for dead and take its leases.
+async fn hold_liveness_lock(options: PgConnectOptions, key: i32, mut conn: Option<PgConnection>) {
+    use sqlx::Connection;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let alive = match conn.as_mut() {
+            Some(c) => c.ping().await.is_ok(),
+            None => false,
+        };
+        if !alive {
+            conn = take_liveness_lock(&options, key).await.ok();
+        }
+    }
+}
+
+/// A connection of its own holding this worker's liveness lock.
+async fn take_liveness_lock(
+    options: &PgConnectOptions,
+    key: i32,
+) -> Result<PgConnection, LedgerError> {
+    use sqlx::Connection;
+    let mut conn = PgConnection::connect_with(options).await?;
+    sqlx::query("SELECT pg_advisory_lock($1, $2)")
+        .bind(LIVENESS_LOCK_CLASS)
+        .bind(key)
+        .execute(&mut conn)
+        .await?;
+    Ok(conn)
 }
 
 impl PostgresLedger {
@@ -102,12 +149,19 @@ impl PostgresLedger {
                     Ok(())
                 })
             })
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         let mut tx = pool.begin().await?;
         migrate(&mut tx).await?;
         tx.commit().await?;
-        Ok(PostgresLedger { pool })
+        let key: i32 = rand::random();
+        let conn = take_liveness_lock(&options, key).await?;
+        let liveness = tokio::spawn(hold_liveness_lock(options, key, Some(conn)));
+        Ok(PostgresLedger {
+            pool,
+            worker_id: format!("pg:{key}"),
+            liveness,
+        })
     }
 }
 
@@ -279,7 +333,10 @@ impl Ledger for PostgresLedger {
             interrupted = holder != owner && until <= now && same_step;
             if holder != owner && until > now && same_step {
                 tx.commit().await?;
-                return Ok(Claim::Busy { until_ms: until });
+                return Ok(Claim::Busy {
+                    until_ms: until,
+                    holder,
+                });
             }
         }
         sqlx::query(
@@ -438,6 +495,31 @@ impl Ledger for PostgresLedger {
     async fn ping(&self) -> Result<(), LedgerError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    async fn holder_alive(&self, owner: &str) -> Result<bool, LedgerError> {
+        let Some(key) = owner
+            .split('/')
+            .next()
+            .and_then(|id| id.strip_prefix("pg:"))
+            .and_then(|k| k.parse::<i32>().ok())
+        else {
+            return Ok(true);
+        };
+        // Granted only if no session holds it: the holder's session is gone.
+        // A transaction-level lock, released at once by the commit.
+        let mut tx = self.pool.begin().await?;
+        let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
+            .bind(LIVENESS_LOCK_CLASS)
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(!free)
     }
 
     async fn redrive(&self, request_id: &str) -> Result<Option<RequestRecord>, LedgerError> {

@@ -86,6 +86,42 @@ pub struct SqliteLedger {
     /// Claims and step records, the two writes of every step, go to one task
     /// that writes all those waiting in one statement each (group commit).
     batch: mpsc::UnboundedSender<BatchOp>,
+    /// `host:<name>:pid:<pid>:<start time>`: the process, findable in `/proc`.
+    worker_id: String,
+}
+
+/// This host's name, as the kernel has it.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The start time (clock ticks since boot, field 22 of `/proc/<pid>/stat`)
+/// of a running process: with its pid, it names the process even when the
+/// pid is reused. `None` when there is no such process.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ...": the name may hold spaces and parentheses.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process named in a lease owner written by [`SqliteLedger`]
+/// still runs; `true` when the owner names another host or no process.
+fn sqlite_holder_alive(owner: &str, this_host: &str) -> bool {
+    let id = owner.split('/').next().unwrap_or_default();
+    let parts: Vec<&str> = id.split(':').collect();
+    let ["host", host, "pid", pid, start] = parts.as_slice() else {
+        return true;
+    };
+    if *host != this_host {
+        return true;
+    }
+    let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else {
+        return true;
+    };
+    process_start(pid) == Some(start)
 }
 
 /// Most operations written in one statement.
@@ -325,7 +361,18 @@ impl SqliteLedger {
         let write = Arc::new(tokio::sync::Mutex::new(()));
         let (batch, rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_writer(pool.clone(), write.clone(), rx));
-        Ok(SqliteLedger { pool, write, batch })
+        let pid = std::process::id();
+        let worker_id = format!(
+            "host:{}:pid:{pid}:{}",
+            host_name(),
+            process_start(pid).unwrap_or(0)
+        );
+        Ok(SqliteLedger {
+            pool,
+            write,
+            batch,
+            worker_id,
+        })
     }
 
     /// The steps recorded for a request, in the order they were recorded.
@@ -470,11 +517,12 @@ impl Ledger for SqliteLedger {
             });
         }
         // Not granted: find out why (the rare path).
-        let Some(row) =
-            sqlx::query("SELECT cursor, lease_until FROM requests WHERE request_id = ?")
-                .bind(request_id)
-                .fetch_optional(&self.pool)
-                .await?
+        let Some(row) = sqlx::query(
+            "SELECT cursor, lease_until, lease_owner FROM requests WHERE request_id = ?",
+        )
+        .bind(request_id)
+        .fetch_optional(&self.pool)
+        .await?
         else {
             return Ok(Claim::Unknown);
         };
@@ -483,8 +531,10 @@ impl Ledger for SqliteLedger {
             return Ok(Claim::Stale);
         }
         let until: Option<i64> = row.try_get(1)?;
+        let holder: Option<String> = row.try_get(2)?;
         Ok(Claim::Busy {
             until_ms: until.unwrap_or(now),
+            holder: holder.unwrap_or_default(),
         })
     }
 
@@ -595,6 +645,14 @@ impl Ledger for SqliteLedger {
     async fn ping(&self) -> Result<(), LedgerError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    async fn holder_alive(&self, owner: &str) -> Result<bool, LedgerError> {
+        Ok(sqlite_holder_alive(owner, &host_name()))
     }
 
     async fn redrive(&self, request_id: &str) -> Result<Option<RequestRecord>, LedgerError> {

@@ -205,6 +205,7 @@ ledger_tests! {
         concurrent_accepts_of_one_request_find_it_new_once,
         concurrent_claims_of_one_step_message_grant_exactly_one,
         concurrent_records_of_one_request_lose_no_outputs,
+        a_live_worker_s_lease_holder_is_alive_and_a_gone_one_is_not,
     ],
     postgres: [
         a_claim_that_waited_for_a_step_record_sees_the_step,
@@ -366,7 +367,10 @@ async fn a_held_lease_makes_a_second_copy_wait_until_it_expires(s: Store) {
     ));
     let after = now_ms();
     let until = match l.claim("r1", 0, 0, "b", lease).await.unwrap() {
-        Claim::Busy { until_ms } => until_ms,
+        Claim::Busy { until_ms, holder } => {
+            assert_eq!(holder, "a", "the holder is named");
+            until_ms
+        }
         other => panic!("{other:?}"),
     };
     assert!(
@@ -384,6 +388,34 @@ async fn a_held_lease_makes_a_second_copy_wait_until_it_expires(s: Store) {
         l.claim("r1", 0, 0, "a", lease).await.unwrap(),
         Claim::Busy { .. }
     ));
+}
+
+async fn a_live_worker_s_lease_holder_is_alive_and_a_gone_one_is_not(s: Store) {
+    let l = s.open().await;
+    let ours = format!("{}/claim-1", l.worker_id());
+    assert!(l.holder_alive(&ours).await.unwrap(), "this worker is alive");
+    let other = s.open().await;
+    let theirs = format!("{}/claim-2", other.worker_id());
+    assert!(
+        l.holder_alive(&theirs).await.unwrap(),
+        "another live worker is alive"
+    );
+    // A worker that is gone: a PostgreSQL key nobody holds; a process that
+    // does not run on this host (pid 0 is never a user process).
+    let gone = if l.worker_id().starts_with("pg:") {
+        "pg:12345/claim-3".to_string()
+    } else {
+        let id = l.worker_id();
+        let host = id.split(':').nth(1).unwrap();
+        format!("host:{host}:pid:0:1/claim-3")
+    };
+    assert!(!l.holder_alive(&gone).await.unwrap(), "{gone} is gone");
+    for unknown in ["3f1e-uuid-of-an-older-version", "host:elsewhere:pid:1:1/x"] {
+        assert!(
+            l.holder_alive(unknown).await.unwrap(),
+            "{unknown}: cannot be told, so alive"
+        );
+    }
 }
 
 async fn a_released_lease_lets_the_next_copy_in_at_once(s: Store) {

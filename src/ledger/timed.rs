@@ -152,6 +152,13 @@ impl Ledger for Timed {
     async fn ping(&self) -> Result<(), LedgerError> {
         self.inner.ping().await
     }
+    fn worker_id(&self) -> &str {
+        self.inner.worker_id()
+    }
+    async fn holder_alive(&self, owner: &str) -> Result<bool, LedgerError> {
+        let _t = self.timer("holder_alive");
+        self.inner.holder_alive(owner).await
+    }
     async fn redrive(&self, request_id: &str) -> Result<Option<RequestRecord>, LedgerError> {
         let _t = self.timer("redrive");
         retried((&self.health, &self.metrics), "redrive", || {

@@ -1,0 +1,81 @@
+//! A provider's rate limit, shared by every worker: when a provider answers
+//! 429 or 503 with `Retry-After`, its steps are held until then, in this
+//! worker at once and in every other through the broker (a pause message on
+//! `onboarding.control`, which each worker consumes from a queue of its own).
+//! Steps of other providers go on.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::domain::ProviderId;
+use crate::ledger::now_ms;
+
+/// Until when each provider's steps are held (ms since the epoch).
+#[derive(Clone, Default)]
+pub struct ProviderPauses {
+    until: Arc<Mutex<HashMap<ProviderId, i64>>>,
+}
+
+impl ProviderPauses {
+    /// Holds `provider`'s steps until `until_ms`, unless already held longer.
+    /// Returns whether this extended the pause.
+    pub fn pause(&self, provider: ProviderId, until_ms: i64) -> bool {
+        let mut map = self.until.lock().expect("pauses lock");
+        let current = map.entry(provider).or_insert(0);
+        if until_ms > *current {
+            *current = until_ms;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// How long `provider`'s steps are still held, in ms (0 when not held).
+    pub fn remaining_ms(&self, provider: ProviderId) -> i64 {
+        let until = self
+            .until
+            .lock()
+            .expect("pauses lock")
+            .get(&provider)
+            .copied()
+            .unwrap_or(0);
+        (until - now_ms()).max(0)
+    }
+}
+
+/// The message every worker sees: `{"provider": "...", "until_ms": ...}`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PauseMessage {
+    pub provider: String,
+    pub until_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pause_only_grows_and_runs_out() {
+        let p = ProviderPauses::default();
+        let now = now_ms();
+        assert_eq!(p.remaining_ms(ProviderId::Sharespine), 0);
+        assert!(p.pause(ProviderId::Sharespine, now + 2_000));
+        assert!(
+            !p.pause(ProviderId::Sharespine, now + 1_000),
+            "a shorter pause does not shorten it"
+        );
+        let left = p.remaining_ms(ProviderId::Sharespine);
+        assert!((1_900..=2_000).contains(&left), "{left}");
+        assert_eq!(
+            p.remaining_ms(ProviderId::Computestacks),
+            0,
+            "other providers go on"
+        );
+        assert!(p.pause(ProviderId::Computestacks, now - 10));
+        assert_eq!(
+            p.remaining_ms(ProviderId::Computestacks),
+            0,
+            "a pause in the past holds nothing"
+        );
+    }
+}
