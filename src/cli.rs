@@ -42,6 +42,14 @@ pub enum Command {
     /// Run the worker: consume onboarding.requests until SIGTERM or SIGINT.
     Run,
     /// Serve the emulated provider APIs on the ports of [sandbox] until SIGTERM or SIGINT.
+    ///
+    /// Each API is strict the way the real one is; faults, latency, call counts
+    /// and readings are driven over HTTP at /_sandbox/faults, /_sandbox/latency,
+    /// /_sandbox/calls, /_sandbox/reset and /_sandbox/readings on each API's
+    /// port (Magento BI: its API port, which also counts the dashboard host's
+    /// calls). The readings, listed below, are how each API answers where its
+    /// provider's documents leave the shape of an answer open.
+    #[command(after_long_help = crate::sandbox::readings_help())]
     Sandbox,
     /// Run sandbox and worker together, publish one sample onboarding per provider and show their progress.
     Demo {

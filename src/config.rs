@@ -214,6 +214,19 @@ pub struct SandboxSettings {
     pub job_duration_ms: u64,
     /// Lifetime of a Magento BI access token.
     pub token_ttl_s: u64,
+    /// `[sandbox.magento_bi]`: how the emulated Magento BI API answers where
+    /// the seed leaves an answer open (one knob per open point; the seed's
+    /// example by default).
+    #[serde(default)]
+    pub magento_bi: crate::sandbox::magento_bi::Readings,
+    /// `[sandbox.computestacks]`: the same for the emulated ComputeStacks API
+    /// (the guide's examples by default).
+    #[serde(default)]
+    pub computestacks: crate::sandbox::computestacks::Readings,
+    /// `[sandbox.sharespine]`: the same for the emulated Sharespine API (the
+    /// seed's examples by default).
+    #[serde(default)]
+    pub sharespine: crate::sandbox::sharespine::Readings,
 }
 
 /// The built-in defaults: the same file that ships as `config/default.toml`,

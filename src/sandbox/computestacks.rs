@@ -9,29 +9,47 @@
 //! - A user's API credential (or the admin's, for the catalogue) for
 //!   `GET /api/products`; only a user's for `POST /api/orders`; an order is
 //!   visible to its owner only (404 for anyone else, admin included).
-//! - Errors are Rails-like: `{"errors": ["Email has already been taken"]}`.
+//! - Errors are Rails-like: `{"errors": ["Email has already been taken"]}`
+//!   (by default: see [`Readings::errors`]).
 //! - An order is `pending`, then `processing` after a third of its duration,
 //!   then `completed` with a project (or `failed`, see [`Api::fail_next_orders`]
 //!   and [`Api::fail_orders_for_project`]). Its duration is the one in force
 //!   when it was placed ([`Api::set_order_duration`] changes it for new orders).
 //!   Status is worked out whenever an order is read, so no task runs per order.
+//! - Besides the guide's five endpoints, the two reads the provider's API docs
+//!   offer for finding what an interrupted create made: the admin's user
+//!   lookup `GET /api/admin/users/{key}` (`key` a user id, or with
+//!   `?find_by_email=true` the Base64 of an email, or with
+//!   `?find_by_external_id=true` an external id; 404 when none), and the
+//!   user's `GET /api/orders` (their own orders only).
+//! - [`Readings`]: how answers look where the guide leaves it open (envelopes,
+//!   id types, status case, list forms, where the load balancer IP is, `null`
+//!   or absent, extra fields, error forms); one knob per open point of the
+//!   provider module's inventory, the guide's example by default. Set from
+//!   config (`[sandbox.computestacks]`, listed by `onboarding-worker sandbox
+//!   --help`: [`READINGS_HELP`]), in-process ([`Api::set_readings`]) or over
+//!   HTTP: `GET /_sandbox/readings`
+//!   shows them, `POST /_sandbox/readings` replaces them (knobs left out take
+//!   their default, so `{}` restores the guide's readings).
 //!
 //! Latency, injected faults and call counts come from the shared
 //! [`faults`](super::faults) middleware, as `"POST /api/orders"`,
 //! `"GET /api/orders/{id}"`, `"POST /api/users/{id}/api_credentials"`...
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use rand::distr::{Alphanumeric, SampleString};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 use tokio::time::Instant;
@@ -46,6 +64,399 @@ pub struct Options {
     pub admin_password: String,
     /// How long a new order takes to reach `completed` (or `failed`).
     pub order_duration: Duration,
+    /// How answers look where the guide leaves it open (at start; see [`Api::set_readings`]).
+    pub readings: Readings,
+}
+
+/// How the emulated API answers where the guide leaves an answer open: one
+/// knob per open point of the provider module's inventory. Every default is
+/// the guide's own example.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Readings {
+    /// `POST /api/admin/users` and the user lookup: `{"user": {..}}` or bare.
+    pub user: Envelope,
+    /// `POST /api/users/{id}/api_credentials`: `{"api_credential": {..}}` or bare.
+    pub api_credential: Envelope,
+    /// `POST /api/orders`: `{"order": {..}}` or bare.
+    pub order_created: Envelope,
+    /// `GET /api/orders/{id}`: wrapped, bare, or in a list (shaped by [`Readings::orders`]).
+    pub order_shown: Shown,
+    /// User, credential, product and project ids.
+    pub ids: Ids,
+    /// Order ids (chosen when an order is placed).
+    pub order_ids: OrderIds,
+    /// The letter case of order statuses.
+    pub status_case: Case,
+    /// `GET /api/products`.
+    pub products: List,
+    /// `GET /api/orders` (and [`Shown::List`]).
+    pub orders: List,
+    /// Where an order shows its load balancer's IP.
+    pub load_balancer_ip: LoadBalancerIp,
+    /// How a value not known (yet) is written: `redirect_url`, a project
+    /// before completion, an absent `external_id`, a late load balancer IP.
+    pub unknown: Unknown,
+    /// Unknown fields added to every answer, at the top and inside objects.
+    pub extra_fields: bool,
+    /// The form of every error body the API itself writes (injected faults keep theirs).
+    pub errors: ErrorForm,
+}
+
+/// An object answer `{"<name>": {..}}` (the guide) or the object itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Envelope {
+    #[default]
+    Named,
+    Bare,
+}
+
+/// `GET /api/orders/{id}`: `{"order": {..}}` (the guide), bare, or a list of one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shown {
+    #[default]
+    Named,
+    Bare,
+    List,
+}
+
+/// Ids as numbers (the guide) or numeric strings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ids {
+    #[default]
+    Number,
+    NumericString,
+}
+
+/// Order ids as UUIDs (the guide), numbers or numeric strings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderIds {
+    #[default]
+    Uuid,
+    Number,
+    NumericString,
+}
+
+/// `completed` (the guide), `Completed` or `COMPLETED`; every status alike.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Case {
+    #[default]
+    Lower,
+    Capitalized,
+    Upper,
+}
+
+/// A list answer: `{"<name>": [..]}` (the guide), `{"data": [..]}` or bare.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum List {
+    #[default]
+    Named,
+    Data,
+    Bare,
+}
+
+/// Where an order shows its load balancer's IP. `GET /api/orders/{id}` shows
+/// it in `order_data` (where the provider keeps it) whenever it is known.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancerIp {
+    /// `load_balancer_ip` in the create's answer (the guide).
+    #[default]
+    AtCreate,
+    /// `load_balancer: {"ip": ..}` in the create's answer.
+    Nested,
+    /// Not known at create (`null` or absent); known once the order is completed.
+    Late,
+    /// Never shown.
+    Nowhere,
+}
+
+/// A value not known written as `null` (the guide) or left out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unknown {
+    #[default]
+    Null,
+    Absent,
+}
+
+/// Error bodies: the provider's Rails form and the others an API may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorForm {
+    /// `{"errors": ["Email has already been taken"]}`.
+    #[default]
+    ErrorsList,
+    /// `{"errors": {"email": ["has already been taken"]}}`.
+    ErrorsByField,
+    /// `{"error": "Email has already been taken"}`.
+    Error,
+    /// `{"message": "Email has already been taken"}`.
+    Message,
+    /// `Email has already been taken`, as `text/plain`.
+    PlainText,
+}
+
+/// The readings knobs, for `onboarding-worker sandbox --help` (see [`super::readings_help`]).
+pub const READINGS_HELP: &str = "\
+ComputeStacks: [sandbox.computestacks], ONBOARDING__SANDBOX__COMPUTESTACKS__<KEY>, or at run
+time POST /_sandbox/readings on the ComputeStacks port.
+  user                named (default, {\"user\": {..}}) | bare: the created user and the user lookup
+  api_credential      named (default, {\"api_credential\": {..}}) | bare
+  order_created       named (default, {\"order\": {..}}) | bare: POST /api/orders
+  order_shown         named (default, {\"order\": {..}}) | bare | list (a list of one, as orders
+                      says): GET /api/orders/{id}
+  ids                 number (default) | numeric_string (\"14\"): user, credential, product and
+                      project ids
+  order_ids           uuid (default) | number | numeric_string
+  status_case         lower (default, completed) | capitalized (Completed) | upper (COMPLETED)
+  products            named (default, {\"products\": [...]}) | data ({\"data\": [...]}) | bare
+  orders              named (default, {\"orders\": [...]}) | data ({\"data\": [...]}) | bare
+  load_balancer_ip    at_create (default, load_balancer_ip in the create's answer)
+                      | nested (load_balancer: {\"ip\": ..} there) | late (known once completed)
+                      | nowhere; GET /api/orders/{id} shows it in order_data once known
+  unknown             null (default) | absent (unknown values left out)
+  extra_fields        false (default) | true (unknown fields in every answer and object)
+  errors              errors_list (default, {\"errors\": [\"Email has already been taken\"]})
+                      | errors_by_field ({\"errors\": {\"email\": [\"has already been taken\"]}})
+                      | error ({\"error\": ..}) | message ({\"message\": ..}) | plain_text";
+
+/// Every reading, one open point at a time, then all at once: for tests that
+/// run the same onboarding under each.
+pub fn each_reading() -> Vec<(&'static str, Readings)> {
+    let seed = Readings::default;
+    vec![
+        ("the guide's own answers", seed()),
+        (
+            "a created user answered bare",
+            Readings {
+                user: Envelope::Bare,
+                ..seed()
+            },
+        ),
+        (
+            "a created credential answered bare",
+            Readings {
+                api_credential: Envelope::Bare,
+                ..seed()
+            },
+        ),
+        (
+            "a created order answered bare",
+            Readings {
+                order_created: Envelope::Bare,
+                ..seed()
+            },
+        ),
+        (
+            "an order shown bare",
+            Readings {
+                order_shown: Shown::Bare,
+                ..seed()
+            },
+        ),
+        (
+            "an order shown in a list",
+            Readings {
+                order_shown: Shown::List,
+                ..seed()
+            },
+        ),
+        (
+            "ids as numeric strings",
+            Readings {
+                ids: Ids::NumericString,
+                ..seed()
+            },
+        ),
+        (
+            "order ids as numbers",
+            Readings {
+                order_ids: OrderIds::Number,
+                ..seed()
+            },
+        ),
+        (
+            "order ids as numeric strings",
+            Readings {
+                order_ids: OrderIds::NumericString,
+                ..seed()
+            },
+        ),
+        (
+            "statuses Capitalized",
+            Readings {
+                status_case: Case::Capitalized,
+                ..seed()
+            },
+        ),
+        (
+            "statuses in UPPER CASE",
+            Readings {
+                status_case: Case::Upper,
+                ..seed()
+            },
+        ),
+        (
+            "the catalogue under data",
+            Readings {
+                products: List::Data,
+                ..seed()
+            },
+        ),
+        (
+            "the catalogue as a bare list",
+            Readings {
+                products: List::Bare,
+                ..seed()
+            },
+        ),
+        (
+            "the load balancer IP nested",
+            Readings {
+                load_balancer_ip: LoadBalancerIp::Nested,
+                ..seed()
+            },
+        ),
+        (
+            "the load balancer IP known only once the order completes",
+            Readings {
+                load_balancer_ip: LoadBalancerIp::Late,
+                ..seed()
+            },
+        ),
+        (
+            "the load balancer IP never shown",
+            Readings {
+                load_balancer_ip: LoadBalancerIp::Nowhere,
+                ..seed()
+            },
+        ),
+        (
+            "unknown values left out instead of null",
+            Readings {
+                unknown: Unknown::Absent,
+                ..seed()
+            },
+        ),
+        (
+            "unknown extra fields everywhere",
+            Readings {
+                extra_fields: true,
+                ..seed()
+            },
+        ),
+        (
+            "every reading but the guide's at once",
+            Readings {
+                user: Envelope::Bare,
+                api_credential: Envelope::Bare,
+                order_created: Envelope::Bare,
+                order_shown: Shown::List,
+                ids: Ids::NumericString,
+                order_ids: OrderIds::Number,
+                status_case: Case::Upper,
+                products: List::Bare,
+                orders: List::Data,
+                load_balancer_ip: LoadBalancerIp::Late,
+                unknown: Unknown::Absent,
+                extra_fields: true,
+                errors: ErrorForm::PlainText,
+            },
+        ),
+    ]
+}
+
+impl Readings {
+    fn id(&self, id: i64) -> Value {
+        match self.ids {
+            Ids::Number => json!(id),
+            Ids::NumericString => json!(id.to_string()),
+        }
+    }
+
+    fn order_id(&self, id: &str) -> Value {
+        match (self.order_ids, id.parse::<i64>()) {
+            (OrderIds::Number, Ok(n)) => json!(n),
+            _ => json!(id),
+        }
+    }
+
+    fn status(&self, status: &str) -> String {
+        match self.status_case {
+            Case::Lower => status.to_string(),
+            Case::Upper => status.to_uppercase(),
+            Case::Capitalized => {
+                let mut chars = status.chars();
+                chars
+                    .next()
+                    .map(|c| c.to_uppercase().chain(chars).collect())
+                    .unwrap_or_default()
+            }
+        }
+    }
+
+    /// Writes an unknown `key` as `null`, or leaves it out.
+    fn unknown(&self, object: &mut Map<String, Value>, key: &str) {
+        if self.unknown == Unknown::Null {
+            object.insert(key.to_string(), Value::Null);
+        }
+    }
+
+    /// `value` under `key`, or the unknown form when `None`.
+    fn maybe(&self, object: &mut Map<String, Value>, key: &str, value: Option<Value>) {
+        match value {
+            Some(v) => {
+                object.insert(key.to_string(), v);
+            }
+            None => self.unknown(object, key),
+        }
+    }
+
+    /// Fields no client asked for, inside an object.
+    fn extras(&self, object: &mut Map<String, Value>) {
+        if self.extra_fields {
+            object.insert("x_sandbox_note".into(), json!("an unknown field"));
+            object.insert("links".into(), json!({"self": null, "related": []}));
+        }
+    }
+
+    fn object(&self, envelope: Envelope, name: &str, mut object: Map<String, Value>) -> Value {
+        self.extras(&mut object);
+        match envelope {
+            Envelope::Bare => Value::Object(object),
+            Envelope::Named => self.top(json!({ name: object })),
+        }
+    }
+
+    fn list(&self, form: List, name: &str, items: Vec<Map<String, Value>>) -> Value {
+        let items: Vec<Value> = items
+            .into_iter()
+            .map(|mut item| {
+                self.extras(&mut item);
+                Value::Object(item)
+            })
+            .collect();
+        match form {
+            List::Named => self.top(json!({ name: items })),
+            List::Data => self.top(json!({ "data": items })),
+            List::Bare => Value::Array(items),
+        }
+    }
+
+    /// Unknown fields at the top of a wrapped answer.
+    fn top(&self, mut answer: Value) -> Value {
+        if let (true, Some(top)) = (self.extra_fields, answer.as_object_mut()) {
+            top.insert("meta".into(), json!({"api_version": 51, "page": 1}));
+        }
+        answer
+    }
 }
 
 /// A user as the sandbox holds it (the password is not kept: nothing logs in).
@@ -116,6 +527,7 @@ struct Order {
 }
 
 struct Inner {
+    /// The readings in force are `options.readings`.
     options: Options,
     users: Vec<UserRecord>,
     credentials: Vec<Credential>,
@@ -157,16 +569,43 @@ impl Api {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/api/admin/users", post(create_user))
+            .route("/api/admin/users/{key}", get(show_user))
             .route("/api/users/{id}/api_credentials", post(create_credential))
             .route("/api/products", get(list_products))
-            .route("/api/orders", post(create_order))
+            .route("/api/orders", post(create_order).get(list_orders))
             .route("/api/orders/{id}", get(show_order))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.state.clone(),
+                error_form,
+            ))
             .route_layer(axum::middleware::from_fn_with_state(
                 self.knobs.clone(),
                 faults::apply,
             ))
+            .route(
+                "/_sandbox/readings",
+                get(|State(s): State<Shared>| async move {
+                    Json(s.lock().unwrap().options.readings.clone())
+                })
+                .post(
+                    |State(s): State<Shared>, Json(readings): Json<Readings>| async move {
+                        s.lock().unwrap().options.readings = readings;
+                        StatusCode::NO_CONTENT
+                    },
+                ),
+            )
             .with_state(self.state.clone())
             .merge(faults::control_routes(self.knobs.clone()))
+    }
+
+    /// The readings in force.
+    pub fn readings(&self) -> Readings {
+        self.state.lock().unwrap().options.readings.clone()
+    }
+
+    /// Answers from now on follow `readings`.
+    pub fn set_readings(&self, readings: Readings) {
+        self.state.lock().unwrap().options.readings = readings;
     }
 
     pub fn users(&self) -> Vec<UserRecord> {
@@ -289,13 +728,61 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(json!({ "errors": self.errors }));
-        if self.status == StatusCode::UNAUTHORIZED {
+        let mut response = if self.status == StatusCode::UNAUTHORIZED {
             let challenge = [(header::WWW_AUTHENTICATE, "Basic realm=\"ComputeStacks\"")];
             (self.status, challenge, body).into_response()
         } else {
             (self.status, body).into_response()
-        }
+        };
+        // For [`error_form`], which writes them in the form the readings say.
+        response.extensions_mut().insert(ErrorTexts(self.errors));
+        response
     }
+}
+
+/// The messages of an [`ApiError`] answer.
+#[derive(Clone)]
+struct ErrorTexts(Vec<String>);
+
+/// Middleware: rewrites the API's own error bodies in [`Readings::errors`]'s form.
+async fn error_form(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let Some(ErrorTexts(errors)) = response.extensions().get::<ErrorTexts>().cloned() else {
+        return response;
+    };
+    let form = state.lock().unwrap().options.readings.errors;
+    let (content_type, body) = match form {
+        ErrorForm::ErrorsList => return response,
+        ErrorForm::ErrorsByField => {
+            // "Email has already been taken" -> {"email": ["has already been taken"]}
+            let mut fields: Map<String, Value> = Map::new();
+            for error in &errors {
+                let (field, rest) = match error.split_once(' ') {
+                    Some((field, rest)) => (field.to_lowercase(), rest.to_string()),
+                    None => ("base".to_string(), error.clone()),
+                };
+                if let Value::Array(list) = fields.entry(field).or_insert_with(|| json!([])) {
+                    list.push(json!(rest));
+                }
+            }
+            ("application/json", json!({ "errors": fields }).to_string())
+        }
+        ErrorForm::Error => (
+            "application/json",
+            json!({"error": errors.join(", ")}).to_string(),
+        ),
+        ErrorForm::Message => (
+            "application/json",
+            json!({"message": errors.join(", ")}).to_string(),
+        ),
+        ErrorForm::PlainText => ("text/plain; charset=utf-8", errors.join("\n")),
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Response::from_parts(parts, Body::from(body))
 }
 
 /// Reads Basic auth: the admin, a user's API credential, or a 401.
@@ -443,23 +930,69 @@ async fn create_user(
         external_id,
         other,
     };
+    let answer = {
+        let r = &s.options.readings;
+        r.object(r.user, "user", user_view(&record, r))
+    };
+    s.users.push(record);
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// A user as the API shows it.
+fn user_view(user: &UserRecord, r: &Readings) -> Map<String, Value> {
     // `merge_labels` is a list of {key: value} objects; the user shows them as `labels`.
     let mut labels = Map::new();
-    if let Some(Value::Array(items)) = record.other.get("merge_labels") {
+    if let Some(Value::Array(items)) = user.other.get("merge_labels") {
         for item in items.iter().filter_map(Value::as_object) {
             labels.extend(item.clone());
         }
     }
-    let answer = json!({ "user": {
-        "id": record.id,
-        "email": record.email,
-        "fname": record.fname,
-        "lname": record.lname,
-        "external_id": record.external_id,
-        "labels": labels,
-    }});
-    s.users.push(record);
-    Ok((StatusCode::CREATED, Json(answer)).into_response())
+    let mut view = Map::new();
+    view.insert("id".into(), r.id(user.id));
+    view.insert("email".into(), json!(user.email));
+    view.insert("fname".into(), json!(user.fname));
+    view.insert("lname".into(), json!(user.lname));
+    r.maybe(
+        &mut view,
+        "external_id",
+        user.external_id.clone().map(Value::from),
+    );
+    view.insert("labels".into(), Value::Object(labels));
+    view
+}
+
+/// GET /api/admin/users/{key}: by id, or (flags of the admin API docs) by the
+/// Base64 of an email or by external id. 404 when there is no such user.
+async fn show_user(
+    State(state): State<Shared>,
+    Path(key): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let s = state.lock().unwrap();
+    require_admin(&s, &headers)?;
+    let flag = |name: &str| query.get(name).is_some_and(|v| v == "true" || v == "1");
+    let user = if flag("find_by_email") {
+        // Lenient like Ruby's Base64.decode64: line breaks and blanks are ignored.
+        let compact: String = key.chars().filter(|c| !c.is_whitespace()).collect();
+        let email = base64::engine::general_purpose::STANDARD
+            .decode(compact)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok());
+        // Compared as stored (lower-cased), as the provider's database does.
+        email.and_then(|email| s.users.iter().find(|u| u.email == email))
+    } else if flag("find_by_external_id") {
+        s.users
+            .iter()
+            .find(|u| u.external_id.as_deref() == Some(key.as_str()))
+    } else {
+        key.parse::<i64>()
+            .ok()
+            .and_then(|id| s.users.iter().find(|u| u.id == id))
+    };
+    let user = user.ok_or_else(ApiError::not_found)?;
+    let r = &s.options.readings;
+    Ok(Json(r.object(r.user, "user", user_view(user, r))).into_response())
 }
 
 /// Syntax only, like the guide says (deliverability is not checked).
@@ -503,11 +1036,14 @@ async fn create_credential(
         username: Alphanumeric.sample_string(&mut rng, 20),
     };
     let password = Alphanumeric.sample_string(&mut rng, 40);
-    let answer = json!({ "api_credential": {
-        "id": record.id,
-        "username": record.username,
-        "password": password,
-    }});
+    let answer = {
+        let r = &s.options.readings;
+        let mut view = Map::new();
+        view.insert("id".into(), r.id(record.id));
+        view.insert("username".into(), json!(record.username));
+        view.insert("password".into(), json!(password));
+        r.object(r.api_credential, "api_credential", view)
+    };
     s.credentials.push(Credential { record, password });
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
@@ -524,19 +1060,24 @@ async fn list_products(
     State(state): State<Shared>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authenticate(&state.lock().unwrap(), &headers)?;
-    let products: Vec<Value> = PRODUCTS
+    let s = state.lock().unwrap();
+    authenticate(&s, &headers)?;
+    let r = &s.options.readings;
+    let products: Vec<Map<String, Value>> = PRODUCTS
         .iter()
         .map(|(id, name, cpu, memory, storage, price)| {
-            json!({
-                "id": id, "name": name, "price": price, "term": "hour",
+            let mut product = json!({
+                "name": name, "price": price, "term": "hour",
                 "cpu": cpu, "memory": memory, "storage": storage, "bandwidth": 100,
                 "backup": 0, "local_disk": storage, "memory_swap": null,
                 "memory_swappiness": null, "region": 1,
-            })
+            });
+            let product = product.as_object_mut().expect("an object");
+            product.insert("id".into(), r.id(*id));
+            std::mem::take(product)
         })
         .collect();
-    Ok(Json(json!({ "products": products })).into_response())
+    Ok(Json(r.list(r.products, "products", products)).into_response())
 }
 
 /// POST /api/orders
@@ -600,8 +1141,12 @@ async fn create_order(
         s.fail_projects.contains(&project_name)
     };
     let now = OffsetDateTime::now_utc();
+    let id = match s.options.readings.order_ids {
+        OrderIds::Uuid => uuid::Uuid::new_v4().to_string(),
+        OrderIds::Number | OrderIds::NumericString => (1000 + number).to_string(),
+    };
     let record = OrderRecord {
-        id: uuid::Uuid::new_v4().to_string(),
+        id,
         user_id,
         status: "pending".to_string(),
         project_id: None,
@@ -609,11 +1154,27 @@ async fn create_order(
         product_ids,
         load_balancer_ip: format!("198.51.100.{}", (number - 1) % 254 + 1),
     };
-    let answer = json!({ "order": {
-        "id": record.id,
-        "redirect_url": null,
-        "load_balancer_ip": record.load_balancer_ip,
-    }});
+    let answer = {
+        let r = &s.options.readings;
+        let mut view = Map::new();
+        view.insert("id".into(), r.order_id(&record.id));
+        r.unknown(&mut view, "redirect_url");
+        match r.load_balancer_ip {
+            LoadBalancerIp::AtCreate => {
+                view.insert("load_balancer_ip".into(), json!(record.load_balancer_ip));
+            }
+            LoadBalancerIp::Nested => {
+                view.insert(
+                    "load_balancer".into(),
+                    json!({ "ip": record.load_balancer_ip }),
+                );
+            }
+            LoadBalancerIp::Late | LoadBalancerIp::Nowhere => {
+                r.unknown(&mut view, "load_balancer_ip")
+            }
+        }
+        r.object(r.order_created, "order", view)
+    };
     let duration = s.options.order_duration;
     s.orders.push(Order {
         record,
@@ -643,22 +1204,71 @@ async fn show_order(
         .find(|o| o.record.id == order_id && caller == Caller::User(o.record.user_id))
         .ok_or_else(ApiError::not_found)?;
     advance(order, &mut s.next_project_id);
+    let r = &s.options.readings;
+    let view = order_view(order, r, true);
+    let answer = match r.order_shown {
+        Shown::Named => r.object(Envelope::Named, "order", view),
+        Shown::Bare => r.object(Envelope::Bare, "order", view),
+        Shown::List => r.list(r.orders, "orders", vec![view]),
+    };
+    Ok(Json(answer).into_response())
+}
+
+/// An order as `GET /api/orders/{id}` (`whole`) or `GET /api/orders` shows it.
+fn order_view(order: &Order, r: &Readings, whole: bool) -> Map<String, Value> {
+    let mut view = Map::new();
+    view.insert("id".into(), r.order_id(&order.record.id));
+    view.insert("status".into(), json!(r.status(&order.record.status)));
+    if whole {
+        // The provider keeps the IP in the order's data, shown as `order_data`.
+        let mut data = order.order_data.clone();
+        let shown = match r.load_balancer_ip {
+            LoadBalancerIp::AtCreate | LoadBalancerIp::Nested => true,
+            LoadBalancerIp::Late => order.record.status == "completed",
+            LoadBalancerIp::Nowhere => false,
+        };
+        if let (true, Some(data)) = (shown, data.as_object_mut()) {
+            data.insert(
+                "load_balancer_ip".into(),
+                json!(order.record.load_balancer_ip),
+            );
+        }
+        view.insert("order_data".into(), data);
+    }
+    view.insert("created_at".into(), json!(now_rfc3339(order.created_at)));
+    view.insert("updated_at".into(), json!(now_rfc3339(order.updated_at)));
     let project = order
         .record
         .project_id
-        .map(|id| json!({ "id": id, "name": order.record.project_name }));
-    let location = (order.location_id == LOCATION_ID)
-        .then(|| json!({ "id": LOCATION_ID, "name": LOCATION_NAME }));
-    Ok(Json(json!({ "order": {
-        "id": order.record.id,
-        "status": order.record.status,
-        "order_data": order.order_data,
-        "created_at": now_rfc3339(order.created_at),
-        "updated_at": now_rfc3339(order.updated_at),
-        "project": project,
-        "location": location,
-    }}))
-    .into_response())
+        .map(|id| json!({ "id": r.id(id), "name": order.record.project_name }));
+    r.maybe(&mut view, "project", project);
+    if whole {
+        let location = (order.location_id == LOCATION_ID)
+            .then(|| json!({ "id": LOCATION_ID, "name": LOCATION_NAME }));
+        r.maybe(&mut view, "location", location);
+    }
+    view
+}
+
+/// GET /api/orders: the caller's own orders (none for the admin).
+async fn list_orders(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let mut s = state.lock().unwrap();
+    let caller = authenticate(&s, &headers)?;
+    let s = &mut *s;
+    let mut items = Vec::new();
+    for order in s
+        .orders
+        .iter_mut()
+        .filter(|o| caller == Caller::User(o.record.user_id))
+    {
+        advance(order, &mut s.next_project_id);
+        items.push(order_view(order, &s.options.readings, false));
+    }
+    let r = &s.options.readings;
+    Ok(Json(r.list(r.orders, "orders", items)).into_response())
 }
 
 #[cfg(test)]
@@ -679,6 +1289,7 @@ mod tests {
             admin_username: ADMIN.0.to_string(),
             admin_password: ADMIN.1.to_string(),
             order_duration,
+            readings: Readings::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1087,5 +1698,260 @@ mod tests {
         };
         assert_eq!(send(None).await.unwrap().status().as_u16(), 401);
         assert_eq!(send(Some(ADMIN)).await.unwrap().status().as_u16(), 400);
+    }
+
+    #[tokio::test]
+    async fn readings_are_shown_and_replaced_over_http_and_shape_the_answers() {
+        let s = serve(Duration::ZERO).await;
+        let (status, shown) = s.get("/_sandbox/readings", None).await;
+        assert_eq!(status, 200);
+        assert_eq!(shown, serde_json::to_value(Readings::default()).unwrap());
+        let set = |body: Value| {
+            s.client
+                .post(format!("{}/_sandbox/readings", s.base))
+                .json(&body)
+                .send()
+        };
+        let answer = set(json!({"ids": "numeric_string", "products": "bare", "user": "bare"}))
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 204);
+        assert_eq!(s.api.readings().ids, Ids::NumericString);
+        let (_, products) = s.get("/api/products", Some(ADMIN)).await;
+        assert_eq!(
+            products[0]["id"], "1",
+            "a bare list, ids as strings: {products}"
+        );
+        let (_, user) = s
+            .post(
+                "/api/admin/users",
+                Some(ADMIN),
+                user_body("ada@example.com"),
+            )
+            .await;
+        assert_eq!(user["id"], "1", "a bare user: {user}");
+        assert_eq!(set(json!({})).await.unwrap().status().as_u16(), 204);
+        assert_eq!(
+            s.api.readings(),
+            Readings::default(),
+            "{{}} restores the guide's"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_answer_takes_the_shape_its_reading_says() {
+        let s = serve(Duration::ZERO).await;
+        let (_, user, pass) = s.user_with_credential("ada@example.com").await;
+        s.api.set_readings(Readings {
+            api_credential: Envelope::Bare,
+            order_created: Envelope::Bare,
+            order_shown: Shown::List,
+            order_ids: OrderIds::Number,
+            status_case: Case::Capitalized,
+            orders: List::Data,
+            load_balancer_ip: LoadBalancerIp::Nested,
+            unknown: Unknown::Absent,
+            extra_fields: true,
+            ..Readings::default()
+        });
+        let auth = Some((user.as_str(), pass.as_str()));
+        let (_, created) = s.post("/api/orders", auth, order_body(1)).await;
+        assert_eq!(created["id"], 1001, "bare, a numeric id: {created}");
+        assert_eq!(created["load_balancer"]["ip"], "198.51.100.1");
+        assert!(created.get("redirect_url").is_none(), "left out: {created}");
+        assert!(created.get("load_balancer_ip").is_none());
+        assert_eq!(created["x_sandbox_note"], "an unknown field");
+        let (_, shown) = s.get("/api/orders/1001", auth).await;
+        let order = &shown["data"][0];
+        assert_eq!(order["status"], "Completed", "{shown}");
+        assert_eq!(order["project"]["id"], 85);
+        assert_eq!(order["order_data"]["load_balancer_ip"], "198.51.100.1");
+        assert_eq!(shown["meta"]["api_version"], 51, "extra fields at the top");
+    }
+
+    #[tokio::test]
+    async fn the_load_balancer_ip_is_shown_where_its_reading_says() {
+        let s = serve(Duration::from_millis(300)).await;
+        let (_, user, pass) = s.user_with_credential("ada@example.com").await;
+        let auth = Some((user.as_str(), pass.as_str()));
+        for (reading, at_create, shown_pending, shown_completed) in [
+            (LoadBalancerIp::AtCreate, json!("198.51.100.1"), true, true),
+            (LoadBalancerIp::Late, Value::Null, false, true),
+            (LoadBalancerIp::Nowhere, Value::Null, false, false),
+        ] {
+            s.api.set_readings(Readings {
+                load_balancer_ip: reading,
+                ..Readings::default()
+            });
+            let (_, created) = s.post("/api/orders", auth, order_body(1)).await;
+            assert_eq!(
+                created["order"]["load_balancer_ip"], at_create,
+                "{reading:?}"
+            );
+            let path = format!("/api/orders/{}", created["order"]["id"].as_str().unwrap());
+            let (_, pending) = s.get(&path, auth).await;
+            let ip = &pending["order"]["order_data"]["load_balancer_ip"];
+            assert_eq!(ip.is_string(), shown_pending, "{reading:?} while pending");
+            tokio::time::sleep(Duration::from_millis(350)).await;
+            let (_, done) = s.get(&path, auth).await;
+            let ip = &done["order"]["order_data"]["load_balancer_ip"];
+            assert_eq!(
+                ip.is_string(),
+                shown_completed,
+                "{reading:?} once completed"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn users_are_found_by_id_by_base64_email_or_by_external_id_for_the_admin_only() {
+        let s = serve(Duration::ZERO).await;
+        let (id, user, pass) = s.user_with_credential("ada@example.com").await;
+        let b64 = |e: &str| base64::engine::general_purpose::STANDARD.encode(e);
+        let by_email = format!(
+            "/api/admin/users/{}?find_by_email=true",
+            b64("ada@example.com")
+        );
+        for path in [
+            format!("/api/admin/users/{id}"),
+            by_email.clone(),
+            // Ruby's Base64.encode64 ends with a newline; the provider decodes leniently.
+            format!(
+                "/api/admin/users/{}%0A?find_by_email=true",
+                b64("ada@example.com")
+            ),
+            "/api/admin/users/crm-1?find_by_external_id=true".to_string(),
+        ] {
+            let (status, body) = s.get(&path, Some(ADMIN)).await;
+            assert_eq!(status, 200, "{path}: {body}");
+            assert_eq!(body["user"]["id"], id, "{path}");
+            assert_eq!(body["user"]["external_id"], "crm-1", "{path}");
+        }
+        for path in [
+            "/api/admin/users/99".to_string(),
+            format!(
+                "/api/admin/users/{}?find_by_email=true",
+                b64("bob@example.com")
+            ),
+            format!(
+                "/api/admin/users/{}?find_by_email=true",
+                b64("ADA@example.com")
+            ),
+            "/api/admin/users/crm-2?find_by_external_id=true".to_string(),
+        ] {
+            assert_eq!(s.get(&path, Some(ADMIN)).await.0, 404, "{path}");
+        }
+        assert_eq!(
+            s.get(&by_email, Some((&user, &pass))).await.0,
+            403,
+            "a user's credential"
+        );
+        assert_eq!(s.get(&by_email, None).await.0, 401);
+        s.api.set_readings(Readings {
+            user: Envelope::Bare,
+            ..Readings::default()
+        });
+        assert_eq!(s.get(&by_email, Some(ADMIN)).await.1["id"], id, "bare");
+    }
+
+    #[tokio::test]
+    async fn a_user_lists_their_own_orders_only() {
+        let s = serve(Duration::ZERO).await;
+        let (_, ada, ada_pass) = s.user_with_credential("ada@example.com").await;
+        let (_, bob, bob_pass) = s.user_with_credential("bob@example.com").await;
+        let (_, placed) = s
+            .post("/api/orders", Some((&ada, &ada_pass)), order_body(2))
+            .await;
+        let (status, listed) = s.get("/api/orders", Some((&ada, &ada_pass))).await;
+        assert_eq!(status, 200);
+        let orders = listed["orders"].as_array().unwrap();
+        assert_eq!(orders.len(), 1);
+        assert_eq!(orders[0]["id"], placed["order"]["id"]);
+        assert_eq!(orders[0]["status"], "completed");
+        assert_eq!(orders[0]["project"]["name"], "site");
+        let (_, other) = s.get("/api/orders", Some((&bob, &bob_pass))).await;
+        assert_eq!(other, json!({"orders": []}), "another user's list");
+        let (_, admin) = s.get("/api/orders", Some(ADMIN)).await;
+        assert_eq!(admin, json!({"orders": []}), "the admin places no orders");
+        s.api.set_readings(Readings {
+            orders: List::Bare,
+            ..Readings::default()
+        });
+        let (_, bare) = s.get("/api/orders", Some((&ada, &ada_pass))).await;
+        assert_eq!(bare[0]["id"], placed["order"]["id"]);
+    }
+
+    #[tokio::test]
+    async fn error_bodies_take_the_form_their_reading_says_and_faults_keep_theirs() {
+        let s = serve(Duration::ZERO).await;
+        s.post(
+            "/api/admin/users",
+            Some(ADMIN),
+            user_body("ada@example.com"),
+        )
+        .await;
+        for (form, content_type, body) in [
+            (
+                ErrorForm::ErrorsList,
+                "application/json",
+                r#"{"errors":["Email has already been taken"]}"#,
+            ),
+            (
+                ErrorForm::ErrorsByField,
+                "application/json",
+                r#"{"errors":{"email":["has already been taken"]}}"#,
+            ),
+            (
+                ErrorForm::Error,
+                "application/json",
+                r#"{"error":"Email has already been taken"}"#,
+            ),
+            (
+                ErrorForm::Message,
+                "application/json",
+                r#"{"message":"Email has already been taken"}"#,
+            ),
+            (
+                ErrorForm::PlainText,
+                "text/plain; charset=utf-8",
+                "Email has already been taken",
+            ),
+        ] {
+            s.api.set_readings(Readings {
+                errors: form,
+                ..Readings::default()
+            });
+            let answer = s
+                .client
+                .post(format!("{}/api/admin/users", s.base))
+                .basic_auth(ADMIN.0, Some(ADMIN.1))
+                .json(&user_body("ada@example.com"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status().as_u16(), 422, "{form:?}");
+            assert_eq!(answer.headers()["content-type"], content_type, "{form:?}");
+            assert_eq!(answer.text().await.unwrap(), body, "{form:?}");
+        }
+        let unauthorized = s
+            .client
+            .get(format!("{}/api/products", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unauthorized.status().as_u16(), 401);
+        assert!(
+            unauthorized.headers().contains_key("www-authenticate"),
+            "headers kept"
+        );
+        assert_eq!(unauthorized.text().await.unwrap(), "Unauthorized");
+        s.api.knobs.inject(FaultRule {
+            method: None,
+            path_contains: "/api/products".into(),
+            fault: Fault::Status { status: 500 },
+            times: 1,
+        });
+        let (_, fault) = s.get("/api/products", Some(ADMIN)).await;
+        assert_eq!(fault, json!({"message": "injected fault"}));
     }
 }

@@ -17,12 +17,22 @@
 //!   completed test job for it), so a poller that picks the wrong list entry
 //!   finishes early and shows. A client sees only its own connections.
 //!
-//! The seed leaves the job list's shape open; this sandbox answers
-//! `GET /v2/client/{client_id}/job/type/{type}` with a JSON list, newest first:
+//! - Ids the client sends back in bodies (invite `client_id`, autodash
+//!   `connection_id` and `user_id`) must be JSON numbers, as the seed shows
+//!   them, whatever [`Readings::ids`] makes the answers say (422 otherwise).
+//!
+//! The seed leaves answers open in many places (the provider module's doc
+//! lists them); [`Readings`] has one knob per open point, the seed's example
+//! by default. By default `GET /v2/client/{client_id}/job/type/{type}` answers
+//! a JSON list, newest first:
 //! `[{"id": 9001, "type": {"id": 27, "name": "Connection Test"},
 //!    "status": {"id": 3, "name": "Completed"}, "start": "...", "end": "...",
 //!    "workload": {"connectionId": 14, "syncAndSample": 1}}]`
 //! with status ids 1 Queued, 2 Running, 3 Completed, 4 Failed (and `error` when failed).
+//! Readings are set from `[sandbox.magento_bi]`, in-process
+//! ([`Api::set_readings`]) or over HTTP on the API host: `GET /_sandbox/readings`
+//! shows them, `POST /_sandbox/readings` replaces them (knobs left out take
+//! their default, so `{}` restores the seed's readings).
 //!
 //! Knobs ([`Api`] methods) make the next signup or connection test fail, change
 //! job duration and token ttl, revoke tokens, and expose what was created.
@@ -38,7 +48,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 use tokio::time::Instant;
@@ -59,6 +69,241 @@ pub struct Options {
     pub token_ttl: Duration,
     /// How long each asynchronous job takes (until [`Api::set_job_duration`]).
     pub job_duration: Duration,
+    /// How answers look where the seed leaves them open (until [`Api::set_readings`]).
+    pub readings: Readings,
+}
+
+/// How the emulated API answers where the seed leaves an answer open: one knob
+/// per open point of the provider module's inventory (`providers::magento_bi`).
+/// Every default is the seed's own example (or, where the seed shows nothing,
+/// what this sandbox always answered).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Readings {
+    /// `GET /v2/client/{client_id}/job/type/27` (points 1 and 2).
+    pub job_list: JobList,
+    /// A job's `status`: `{"name": .., "id": ..}` (seed) or the bare name (point 5).
+    pub job_status: JobStatusForm,
+    /// The letter case of every status word: jobs, signups, autodash (points 5, 8, 17).
+    pub status_case: StatusCase,
+    /// Client, user, connection and job ids (and the token's ids) (points 9, 11).
+    pub ids: Ids,
+    /// Whether listed jobs say which connection they test (point 3).
+    pub job_workload: JobWorkload,
+    /// The job POST's `id`: `null` as in the seed, or the new job's id (point 7).
+    pub job_id_on_create: JobIdOnCreate,
+    /// `GET .../connections/input-connections` (point 13).
+    pub connection_list: ConnectionList,
+    /// `properties.established` (point 14).
+    pub established: EstablishedForm,
+    /// A value not known (yet) written as `null` (seed) or left out (point 15).
+    pub nulls: Nulls,
+    /// Unknown fields added to every answer, at the top and inside every object (point 16).
+    pub extra_fields: bool,
+}
+
+/// The job list's form.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobList {
+    /// A bare list, newest first.
+    #[default]
+    List,
+    /// A bare list, oldest first.
+    OldestFirst,
+    /// The latest job alone, as one object (404 when there is none).
+    Object,
+    /// `{"jobs": [...], "total": n}`, newest first.
+    Wrapped,
+    /// `{"data": [...], "meta": {"count": n}}`, newest first.
+    WrappedData,
+}
+
+/// A job's `status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatusForm {
+    /// `{"name": "Completed", "id": 3}`, as the seed's job POST answer shows.
+    #[default]
+    Object,
+    /// `"Completed"`.
+    String,
+}
+
+/// How status words are spelt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusCase {
+    /// As the seed spells them: `Queued`, `Completed` for jobs; `completed` for signups and autodash.
+    #[default]
+    Seed,
+    /// `Completed` everywhere.
+    Title,
+    /// `completed` everywhere.
+    Lower,
+    /// `COMPLETED` everywhere.
+    Upper,
+}
+
+/// Ids in answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ids {
+    /// JSON numbers, as in the seed.
+    #[default]
+    Number,
+    /// Numeric strings: `"14"`.
+    String,
+}
+
+/// Listed jobs' `workload`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobWorkload {
+    /// `{"connectionId": 14, "syncAndSample": 1}`, echoing the POST's form.
+    #[default]
+    Present,
+    /// No `workload`: a job does not say which connection it tests.
+    Absent,
+}
+
+/// The job POST's `id`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobIdOnCreate {
+    /// `"id": null`, as in the seed.
+    #[default]
+    Null,
+    /// The new job's id, as later listed.
+    Id,
+}
+
+/// The connection list's form.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionList {
+    /// A bare list, as in the seed.
+    #[default]
+    List,
+    /// `{"connections": [...], "total": n}`.
+    Wrapped,
+}
+
+/// `properties.established`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EstablishedForm {
+    /// `"2018-04-10 10:03:20"` once established, `null` before (seed).
+    #[default]
+    Timestamp,
+    /// `true` / `false`.
+    Bool,
+    /// Unix seconds once established, `null` before.
+    Epoch,
+}
+
+/// A value not known (yet).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Nulls {
+    /// `null`, as in the seed.
+    #[default]
+    Null,
+    /// The key left out.
+    Absent,
+}
+
+/// The readings knobs, for `onboarding-worker sandbox --help` (see [`super::readings_help`]).
+pub const READINGS_HELP: &str = "\
+Magento BI: [sandbox.magento_bi], ONBOARDING__SANDBOX__MAGENTO_BI__<KEY>, or at run time
+POST /_sandbox/readings on the Magento BI API port (not the dashboard's).
+  job_list            list (default, newest first) | oldest_first | object (the latest job alone)
+                      | wrapped ({\"jobs\": [...]}) | wrapped_data ({\"data\": [...]})
+  job_status          object (default, {\"name\": \"Completed\", \"id\": 3}) | string (\"Completed\")
+  status_case         seed (default: jobs Completed, signups and autodash completed)
+                      | title | lower | upper
+  ids                 number (default) | string (\"14\"): client, user, connection and job ids
+  job_workload        present (default, {\"connectionId\": 14, ...}) | absent
+  job_id_on_create    null (default, as the seed's job POST answer) | id
+  connection_list     list (default) | wrapped ({\"connections\": [...]})
+  established         timestamp (default) | bool | epoch
+  nulls               null (default) | absent (unknown values left out)
+  extra_fields        false (default) | true (unknown fields in every answer and object)";
+
+impl Readings {
+    fn id(&self, id: i64) -> Value {
+        match self.ids {
+            Ids::Number => json!(id),
+            Ids::String => json!(id.to_string()),
+        }
+    }
+
+    /// `seed_word` (the seed's spelling) in the letter case in force.
+    fn word(&self, seed_word: &str) -> String {
+        match self.status_case {
+            StatusCase::Seed => seed_word.to_string(),
+            StatusCase::Lower => seed_word.to_lowercase(),
+            StatusCase::Upper => seed_word.to_uppercase(),
+            StatusCase::Title => {
+                let lower = seed_word.to_lowercase();
+                let mut chars = lower.chars();
+                chars
+                    .next()
+                    .map(|c| c.to_uppercase().chain(chars).collect())
+                    .unwrap_or_default()
+            }
+        }
+    }
+
+    /// A job's `status`.
+    fn job_status(&self, id: i64, name: &str) -> Value {
+        match self.job_status {
+            JobStatusForm::Object => json!({ "name": self.word(name), "id": id }),
+            JobStatusForm::String => json!(self.word(name)),
+        }
+    }
+
+    /// `properties.established` of a connection established at `at` (or not yet).
+    fn established(&self, at: Option<OffsetDateTime>) -> Value {
+        match (self.established, at) {
+            (EstablishedForm::Timestamp, Some(t)) => json!(stamp(t)),
+            (EstablishedForm::Epoch, Some(t)) => json!(t.unix_timestamp()),
+            (EstablishedForm::Bool, at) => json!(at.is_some()),
+            (_, None) => Value::Null,
+        }
+    }
+
+    /// An answer as the readings in force write it: nulls left out or not,
+    /// unknown fields added or not.
+    fn finish(&self, mut v: Value) -> Value {
+        fn walk(v: &mut Value, r: &Readings) {
+            match v {
+                Value::Object(map) => {
+                    if r.nulls == Nulls::Absent {
+                        map.retain(|_, v| !v.is_null());
+                    }
+                    for child in map.values_mut() {
+                        walk(child, r);
+                    }
+                    if r.extra_fields {
+                        map.insert(
+                            "x_sandbox".into(),
+                            json!({ "note": "a field the seed does not show", "revision": 2,
+                                    "related": [{ "kind": "unknown", "seen": true }] }),
+                        );
+                    }
+                }
+                Value::Array(items) => items.iter_mut().for_each(|i| walk(i, r)),
+                _ => {}
+            }
+        }
+        walk(&mut v, self);
+        v
+    }
+
+    fn reply(&self, v: Value) -> Response {
+        Json(self.finish(v)).into_response()
+    }
 }
 
 // Hand-written so the sandbox's accepted credentials never reach a log.
@@ -245,6 +490,7 @@ struct Dashboard {
 }
 
 struct Store {
+    readings: Readings,
     job_duration: Duration,
     token_ttl: Duration,
     fail_next_signup: bool,
@@ -282,6 +528,7 @@ pub struct Api {
 impl Api {
     pub fn new(options: Options) -> Self {
         let state = Store {
+            readings: options.readings.clone(),
             job_duration: options.job_duration,
             token_ttl: options.token_ttl,
             fail_next_signup: false,
@@ -329,6 +576,22 @@ impl Api {
             ))
             .with_state(self.shared.clone())
             .merge(faults::control_routes(self.knobs.clone()))
+            .merge(
+                Router::new()
+                    .route(
+                        "/_sandbox/readings",
+                        get(|State(s): State<ApiState>| async move {
+                            Json(s.state.lock().unwrap().readings.clone())
+                        })
+                        .post(
+                            |State(s): State<ApiState>, Json(readings): Json<Readings>| async move {
+                                s.state.lock().unwrap().readings = readings.clone();
+                                Json(readings)
+                            },
+                        ),
+                    )
+                    .with_state(self.shared.clone()),
+            )
     }
 
     /// The dashboard host: connection-test jobs.
@@ -347,6 +610,14 @@ impl Api {
         self.shared.state.lock().unwrap()
     }
 
+    /// The readings in force.
+    pub fn readings(&self) -> Readings {
+        self.state().readings.clone()
+    }
+    /// Answers from now on follow `readings`.
+    pub fn set_readings(&self, readings: Readings) {
+        self.state().readings = readings;
+    }
     /// The next signup job ends `failed` (and creates no client).
     pub fn fail_next_signup(&self) {
         self.state().fail_next_signup = true;
@@ -525,6 +796,19 @@ fn int_of(v: Option<&Value>) -> Option<i64> {
     }
 }
 
+/// An id the client sends back in a body: a JSON number, as the seed shows
+/// every such id (an id the answers gave as a string must be written back as
+/// a number).
+fn number_of(body: &Map<String, Value>, key: &str) -> Result<i64, Refusal> {
+    match body.get(key) {
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| unprocessable(format!("{key} must be an integer"))),
+        None | Some(Value::Null) => Err(unprocessable(format!("{key} is required"))),
+        Some(_) => Err(unprocessable(format!("{key} must be a number"))),
+    }
+}
+
 // ---- auth ----------------------------------------------------------------
 
 /// Where a token must be presented.
@@ -593,24 +877,24 @@ async fn create_token(State(s): State<ApiState>, headers: HeaderMap, body: Bytes
     let ttl = state.token_ttl;
     state.tokens.insert(token.clone(), Instant::now() + ttl);
     state.issued.push(token.clone());
-    let id = state.issued.len();
+    let id = state.issued.len() as i64;
     let now = OffsetDateTime::now_utc();
-    Ok(Json(json!({
+    let r = &state.readings;
+    Ok(r.reply(json!({
         "refreshed_at": stamp(now),
-        "oauth_client_id": o.client_id,
+        "oauth_client_id": r.id(o.client_id),
         "token_type": "bearer",
-        "id": id,
+        "id": r.id(id),
         "access_token": token,
         "scope": "default",
-        "user_id": 1,
+        "user_id": r.id(1),
         "create_at": stamp(now),
         "client_id": null,
         "expires_at": stamp(now + ttl),
         "grant_type": "password",
         "expires_in": ttl.as_secs(),
         "refresh_token": null,
-    }))
-    .into_response())
+    })))
 }
 
 async fn create_signup(State(s): State<ApiState>, headers: HeaderMap, body: Bytes) -> Answer {
@@ -648,7 +932,7 @@ async fn create_signup(State(s): State<ApiState>, headers: HeaderMap, body: Byte
         },
     );
     let url = format!("/v3/signups/{id}");
-    Ok(Json(json!({ "url": url, "id": id })).into_response())
+    Ok(state.readings.reply(json!({ "url": url, "id": id })))
 }
 
 /// Every client starts with an older, established connection and a completed
@@ -691,19 +975,22 @@ fn seed_older_connection(state: &mut Store, client_id: i64) {
 async fn get_signup(State(s): State<ApiState>, Path(id): Path<String>) -> Answer {
     let state = s.state.lock().unwrap();
     let signup = state.signups.get(&id).ok_or_else(|| not_found("signup"))?;
+    let r = &state.readings;
     let answer = match (signup.clock.phase(), signup.fails, signup.client_id) {
-        (Phase::Queued, ..) => json!({ "status": "pending" }),
-        (Phase::Running, ..) => json!({ "status": "running" }),
-        (Phase::Done, true, _) | (Phase::Done, _, None) => {
-            json!({ "status": "failed", "error": "client provisioning failed" })
-        }
+        (Phase::Queued, ..) => json!({ "status": r.word("pending"), "client_id": null }),
+        (Phase::Running, ..) => json!({ "status": r.word("running"), "client_id": null }),
+        (Phase::Done, true, _) | (Phase::Done, _, None) => json!({
+            "status": r.word("failed"),
+            "client_id": null,
+            "error": "client provisioning failed",
+        }),
         (Phase::Done, false, Some(client_id)) => json!({
             "pubkey": "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQsandbox",
-            "status": "completed",
-            "client_id": client_id,
+            "status": r.word("completed"),
+            "client_id": r.id(client_id),
         }),
     };
-    Ok(Json(answer).into_response())
+    Ok(r.reply(answer))
 }
 
 /// A client whose signup has completed, or 404.
@@ -720,8 +1007,7 @@ async fn create_invite(State(s): State<ApiState>, headers: HeaderMap, body: Byte
     s.authorize(&headers, Credential::Bearer)?;
     let body = json_object(&headers, &body)?;
     let email = string_field(&body, "email")?;
-    let client_id =
-        int_of(body.get("client_id")).ok_or_else(|| unprocessable("client_id is required"))?;
+    let client_id = number_of(&body, "client_id")?;
     let mut state = s.state.lock().unwrap();
     ready_client(&mut state, &client_id.to_string())
         .map_err(|_| unprocessable("client_id: no such client"))?;
@@ -733,13 +1019,13 @@ async fn create_invite(State(s): State<ApiState>, headers: HeaderMap, body: Byte
         email: email.clone(),
         body: Value::Object(body),
     });
-    Ok(Json(json!({
-        "inviter_user_id": 1,
-        "client_id": client_id,
+    let r = &state.readings;
+    Ok(r.reply(json!({
+        "inviter_user_id": r.id(1),
+        "client_id": r.id(client_id),
         "email": email,
-        "id": id,
-    }))
-    .into_response())
+        "id": r.id(id),
+    })))
 }
 
 async fn update_client(
@@ -766,27 +1052,29 @@ async fn update_client(
         client.name = name;
     }
     client.properties.extend(properties);
-    Ok(Json(json!({
-        "id": client.id,
-        "name": client.name,
-        "properties": client.properties,
-    }))
-    .into_response())
+    let (id, answer) = (
+        client.id,
+        json!({ "name": client.name, "properties": client.properties }),
+    );
+    let r = &state.readings;
+    let mut answer = answer;
+    answer["id"] = r.id(id);
+    Ok(r.reply(answer))
 }
 
-fn connection_json(c: &Connection) -> Value {
+fn connection_json(c: &Connection, r: &Readings) -> Value {
     let mut properties = c.properties.clone();
-    let established = (c.clock.phase() == Phase::Done).then(|| stamp(c.clock.end_wall()));
-    properties.insert("established".into(), json!(established));
+    let established = (c.clock.phase() == Phase::Done).then(|| c.clock.end_wall());
+    properties.insert("established".into(), r.established(established));
     json!({
         "namespace": "input-connections",
         "created_at": format!("{}.0", stamp(c.clock.started_wall)),
         "display_name": c.display_name,
-        "id": c.id,
+        "id": r.id(c.id),
         "type": c.kind,
         "name": c.name,
-        "meta_id": 1,
-        "client_id": c.client_id,
+        "meta_id": r.id(1),
+        "client_id": r.id(c.client_id),
         "properties": properties,
     })
 }
@@ -825,13 +1113,14 @@ async fn create_connection(
         preexisting: false,
     };
     // The create answer has no `established`, as in the seed.
-    let mut answer = connection_json(&connection);
+    let r = state.readings.clone();
+    let mut answer = connection_json(&connection, &r);
     if let Some(p) = answer["properties"].as_object_mut() {
         p.remove("established");
     }
-    answer["meta_id"] = json!(5);
+    answer["meta_id"] = r.id(5);
     state.connections.push(connection);
-    Ok((StatusCode::OK, Json(answer)).into_response())
+    Ok(r.reply(answer))
 }
 
 async fn list_connections(
@@ -842,13 +1131,17 @@ async fn list_connections(
     s.authorize(&headers, Credential::Cookie)?;
     let mut state = s.state.lock().unwrap();
     let client_id = ready_client(&mut state, &client_id)?.id;
+    let r = &state.readings;
     let list: Vec<Value> = state
         .connections
         .iter()
         .filter(|c| c.client_id == client_id)
-        .map(connection_json)
+        .map(|c| connection_json(c, r))
         .collect();
-    Ok(Json(list).into_response())
+    Ok(r.reply(match r.connection_list {
+        ConnectionList::List => Value::Array(list),
+        ConnectionList::Wrapped => json!({ "total": list.len(), "connections": list }),
+    }))
 }
 
 fn autodash_status(clock: &Clock) -> &'static str {
@@ -873,8 +1166,8 @@ async fn create_autodash(
         .and_then(|c| c.get("db"))
         .and_then(Value::as_object)
         .ok_or_else(|| unprocessable("connections.db is required"))?;
-    let connection_id = int_of(db.get("connection_id"))
-        .ok_or_else(|| unprocessable("connections.db.connection_id is required"))?;
+    let connection_id = number_of(db, "connection_id")
+        .map_err(|_| unprocessable("connections.db.connection_id must be a number"))?;
     let database = db
         .get("database")
         .and_then(Value::as_str)
@@ -886,8 +1179,7 @@ async fn create_autodash(
         .and_then(Value::as_str)
         .ok_or_else(|| unprocessable("connections.db.table_prefix is required"))?
         .to_string();
-    let user_id =
-        int_of(body.get("user_id")).ok_or_else(|| unprocessable("user_id is required"))?;
+    let user_id = number_of(&body, "user_id")?;
     let mut state = s.state.lock().unwrap();
     let client_id = ready_client(&mut state, &client_id)?.id;
     if !state
@@ -918,7 +1210,7 @@ async fn create_autodash(
         table_prefix,
         clock,
     });
-    Ok(Json(json!({ "id": id })).into_response())
+    Ok(state.readings.reply(json!({ "id": id })))
 }
 
 async fn get_autodash(
@@ -934,7 +1226,8 @@ async fn get_autodash(
         .iter()
         .find(|d| d.id == id && d.client_id == client_id)
         .ok_or_else(|| not_found("autodash job"))?;
-    Ok(Json(json!({ "status": autodash_status(&dash.clock), "job_id": dash.id })).into_response())
+    let r = &state.readings;
+    Ok(r.reply(json!({ "status": r.word(autodash_status(&dash.clock)), "job_id": dash.id })))
 }
 
 // ---- dashboard host ------------------------------------------------------
@@ -948,19 +1241,24 @@ fn job_status(job: &Job) -> (i64, &'static str) {
     }
 }
 
-fn job_json(job: &Job) -> Value {
+fn job_json(job: &Job, r: &Readings) -> Value {
     let (status_id, status) = job_status(job);
     let phase = job.clock.phase();
     let start = (phase != Phase::Queued).then(|| stamp(job.clock.started_wall));
     let end = (phase == Phase::Done).then(|| stamp(job.clock.end_wall()));
     let mut answer = json!({
-        "id": job.id,
+        "id": r.id(job.id),
         "type": { "name": "Connection Test", "id": CONNECTION_TEST },
-        "status": { "name": status, "id": status_id },
+        "status": r.job_status(status_id, status),
         "start": start,
         "end": end,
-        "workload": { "connectionId": job.connection_id, "syncAndSample": job.sync_and_sample },
     });
+    if r.job_workload == JobWorkload::Present {
+        answer["workload"] = json!({
+            "connectionId": r.id(job.connection_id),
+            "syncAndSample": job.sync_and_sample,
+        });
+    }
     if status == "Failed" {
         answer["error"] = json!(job.error.unwrap_or("connection test failed"));
     }
@@ -1022,14 +1320,18 @@ async fn create_job(
     };
     state.jobs.push(job);
     // The seed's answer: the job is queued and has no id yet.
-    Ok(Json(json!({
-        "status": { "name": "Queued", "id": 1 },
+    let r = &state.readings;
+    let id = match r.job_id_on_create {
+        JobIdOnCreate::Null => Value::Null,
+        JobIdOnCreate::Id => r.id(id),
+    };
+    Ok(r.reply(json!({
+        "status": r.job_status(1, "Queued"),
         "end": null,
         "start": null,
         "type": { "name": "Connection Test", "id": CONNECTION_TEST },
-        "id": null,
-    }))
-    .into_response())
+        "id": id,
+    })))
 }
 
 async fn list_jobs(
@@ -1042,14 +1344,28 @@ async fn list_jobs(
     let client_id = ready_client(&mut state, &client_id)?.id;
     // Only connection tests exist here; any other type lists nothing.
     let wanted = type_id.parse::<i64>().ok() == Some(CONNECTION_TEST);
-    let list: Vec<Value> = state
+    let r = &state.readings;
+    let mut list: Vec<Value> = state
         .jobs
         .iter()
         .rev()
         .filter(|j| wanted && j.client_id == client_id)
-        .map(job_json)
+        .map(|j| job_json(j, r))
         .collect();
-    Ok(Json(list).into_response())
+    let answer = match r.job_list {
+        JobList::List => Value::Array(list),
+        JobList::OldestFirst => {
+            list.reverse();
+            Value::Array(list)
+        }
+        JobList::Object => match list.into_iter().next() {
+            Some(latest) => latest,
+            None => return Err(not_found("job of this type")),
+        },
+        JobList::Wrapped => json!({ "total": list.len(), "jobs": list }),
+        JobList::WrappedData => json!({ "meta": { "count": list.len() }, "data": list }),
+    };
+    Ok(r.reply(answer))
 }
 
 #[cfg(test)]
@@ -1069,6 +1385,7 @@ mod tests {
             client_secret: SECRET.into(),
             token_ttl: Duration::from_secs(3600),
             job_duration: job,
+            readings: Readings::default(),
         }
     }
 
@@ -1601,6 +1918,265 @@ mod tests {
             calls["POST /v1/v2/clients/{client_id}/connections/input-connections"],
             1
         );
+    }
+
+    impl Hosts {
+        /// The job list's raw answer.
+        async fn job_answer(&self, token: &str, client: i64) -> (u16, Value) {
+            let r = self
+                .http
+                .get(format!("{}/v2/client/{client}/job/type/27", self.dash))
+                .header("cookie", format!("DASHSESS2={token}"))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+        }
+
+        /// Replaces the readings over HTTP, as an operator would.
+        async fn post_readings(&self, body: Value) -> reqwest::Response {
+            self.http
+                .post(format!("{}/_sandbox/readings", self.base))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn each_reading_shapes_the_answers_as_its_knob_says() {
+        let h = Hosts::start(Duration::ZERO).await;
+        let token = h.token().await;
+        let client = h.client().await;
+        let conn = h.connection(&token, client).await;
+        let form = format!("jobType=27&workload[connectionId]={conn}&workload[syncAndSample]=1");
+        let created = h
+            .http
+            .post(format!("{}/v2/client/{client}/job", h.dash))
+            .header("cookie", format!("DASHSESS2={token}"))
+            .header("content-type", FORM)
+            .body(form.clone())
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap();
+        assert!(created["id"].is_null(), "the seed's POST answer: {created}");
+        let (ours, older) = (h.api.jobs()[1].id, h.api.jobs()[0].id);
+
+        type Check = fn(&Value, i64, i64, i64);
+        let cases: Vec<(Value, Check)> = vec![
+            (json!({}), |v, ours, older, conn| {
+                assert_eq!(v[0]["id"], ours, "newest first");
+                assert_eq!(v[1]["id"], older);
+                assert_eq!(v[0]["workload"]["connectionId"], conn);
+                assert_eq!(v[0]["status"]["name"], "Completed");
+                assert!(v[0]["start"].is_string() && v[0].get("x_sandbox").is_none());
+            }),
+            (json!({"job_list": "oldest_first"}), |v, ours, older, _| {
+                assert_eq!(
+                    (v[0]["id"].as_i64(), v[1]["id"].as_i64()),
+                    (Some(older), Some(ours))
+                );
+            }),
+            (json!({"job_list": "object"}), |v, ours, _, _| {
+                assert!(v.is_object(), "{v}");
+                assert_eq!(v["id"], ours, "the latest job alone");
+            }),
+            (json!({"job_list": "wrapped"}), |v, ours, _, _| {
+                assert_eq!(v["jobs"][0]["id"], ours);
+                assert_eq!(v["total"], 2);
+            }),
+            (json!({"job_list": "wrapped_data"}), |v, ours, _, _| {
+                assert_eq!(v["data"][0]["id"], ours);
+            }),
+            (
+                json!({"job_status": "string", "status_case": "upper"}),
+                |v, _, _, _| {
+                    assert_eq!(v[0]["status"], "COMPLETED");
+                },
+            ),
+            (json!({"status_case": "lower"}), |v, _, _, _| {
+                assert_eq!(v[0]["status"]["name"], "completed");
+            }),
+            (json!({"ids": "string"}), |v, ours, _, conn| {
+                assert_eq!(v[0]["id"], ours.to_string());
+                assert_eq!(v[0]["workload"]["connectionId"], conn.to_string());
+            }),
+            (json!({"job_workload": "absent"}), |v, _, _, _| {
+                assert!(v[0].get("workload").is_none(), "{v}");
+            }),
+            (
+                json!({"nulls": "absent", "extra_fields": true}),
+                |v, _, _, _| {
+                    let job = v[0].as_object().unwrap();
+                    assert!(job.values().all(|f| !f.is_null()), "no nulls: {v}");
+                    assert!(job.contains_key("x_sandbox"), "{v}");
+                    assert!(
+                        v[0]["status"].get("x_sandbox").is_some(),
+                        "inside objects too"
+                    );
+                },
+            ),
+        ];
+        for (readings, check) in cases {
+            let r = h.post_readings(readings.clone()).await;
+            assert_eq!(r.status(), 200, "{readings}");
+            let (status, answer) = h.job_answer(&token, client).await;
+            assert_eq!(status, 200, "{readings}");
+            check(&answer, ours, older, conn);
+        }
+
+        h.post_readings(json!({"job_id_on_create": "id", "ids": "string"}))
+            .await;
+        let created = h
+            .http
+            .post(format!("{}/v2/client/{client}/job", h.dash))
+            .header("cookie", format!("DASHSESS2={token}"))
+            .header("content-type", FORM)
+            .body(form)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap();
+        let newest = h.api.jobs().last().unwrap().id;
+        assert_eq!(created["id"], newest.to_string(), "the POST gives the id");
+
+        h.post_readings(json!({"connection_list": "wrapped", "established": "bool"}))
+            .await;
+        let (_, list) = h.list(&token, client).await;
+        let entries = list["connections"].as_array().unwrap();
+        assert!(entries
+            .iter()
+            .all(|c| c["properties"]["established"].is_boolean()));
+        h.post_readings(json!({"established": "epoch"})).await;
+        let (_, list) = h.list(&token, client).await;
+        assert!(list[0]["properties"]["established"].is_i64(), "{list}");
+
+        h.post_readings(json!({"status_case": "upper", "ids": "string"}))
+            .await;
+        let signup = h
+            .http
+            .post(format!("{}/v3/signups", h.base))
+            .json(&json!({"company": "C", "email": "c@x.y"}))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap();
+        let v: Value = h
+            .http
+            .get(format!(
+                "{}/v3/signups/{}",
+                h.base,
+                signup["id"].as_str().unwrap()
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["status"], "COMPLETED");
+        assert!(v["client_id"].is_string(), "{v}");
+
+        // GET shows the readings in force; {} restores the seed's.
+        let shown: Readings = h
+            .http
+            .get(format!("{}/_sandbox/readings", h.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(shown.status_case, StatusCase::Upper);
+        assert_eq!(shown, h.api.readings());
+        h.post_readings(json!({})).await;
+        assert_eq!(h.api.readings(), Readings::default());
+        let r = h.post_readings(json!({"job_lists": "object"})).await;
+        assert!(r.status().is_client_error(), "an unknown knob is refused");
+        let r = h.post_readings(json!({"job_list": "sideways"})).await;
+        assert!(r.status().is_client_error(), "an unknown value is refused");
+        assert_eq!(
+            h.api.knobs.calls("GET /_sandbox/readings"),
+            0,
+            "not counted"
+        );
+    }
+
+    #[tokio::test]
+    async fn ids_written_back_as_strings_are_refused_as_the_seed_shows_numbers() {
+        let h = Hosts::start(Duration::ZERO).await;
+        let token = h.token().await;
+        let client = h.client().await;
+        let r = h
+            .http
+            .post(format!("{}/v3/invites", h.base))
+            .bearer_auth(&token)
+            .json(&json!({"email": "u@x.y", "client_id": client.to_string()}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["message"], "client_id must be a number");
+    }
+
+    #[test]
+    fn readings_come_from_config_and_every_knob_is_in_the_sandbox_help() {
+        let defaults = crate::config::Settings::load(None).unwrap();
+        assert_eq!(
+            defaults.sandbox.magento_bi,
+            Readings::default(),
+            "default.toml says the seed's readings"
+        );
+        let env: HashMap<String, String> = [
+            ("ONBOARDING__SANDBOX__MAGENTO_BI__JOB_LIST", "object"),
+            ("ONBOARDING__SANDBOX__MAGENTO_BI__IDS", "string"),
+            ("ONBOARDING__SANDBOX__MAGENTO_BI__EXTRA_FIELDS", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let s = crate::config::Settings::load_with_env(None, Some(env)).unwrap();
+        let r = &s.sandbox.magento_bi;
+        assert_eq!(
+            (r.job_list, r.ids, r.extra_fields),
+            (JobList::Object, Ids::String, true)
+        );
+        let options = crate::sandbox::SandboxOptions::from_settings(&s.sandbox, &s.providers);
+        assert_eq!(
+            &options.magento_bi.readings, r,
+            "the sandbox starts with them"
+        );
+
+        use clap::CommandFactory;
+        let mut cli = crate::cli::Cli::command();
+        let help = cli
+            .find_subcommand_mut("sandbox")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        let knobs = serde_json::to_value(Readings::default()).unwrap();
+        for key in knobs.as_object().unwrap().keys() {
+            assert!(
+                help.contains(&format!("  {key} ")),
+                "sandbox --help lists {key}"
+            );
+            assert!(
+                crate::config::DEFAULT_TOML.contains(&format!("\n{key} = ")),
+                "default.toml documents {key}"
+            );
+        }
+        for value in ["oldest_first", "wrapped_data", "upper", "absent", "epoch"] {
+            assert!(help.contains(value), "sandbox --help lists {value}");
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use onboarding_worker::broker::topology::{delay_queue, DELAY_TIERS_MS};
 use onboarding_worker::config::{PollSettings, Settings};
-use onboarding_worker::sandbox::computestacks::{CredentialRecord, OrderRecord, UserRecord};
+use onboarding_worker::sandbox::computestacks::{
+    each_reading, CredentialRecord, ErrorForm, LoadBalancerIp, OrderRecord, Readings, UserRecord,
+};
 use onboarding_worker::sandbox::faults::{Fault, FaultRule};
 use serde_json::{json, Value};
 
@@ -847,4 +849,230 @@ async fn a_worker_process_killed_while_orders_are_pending_is_replaced_and_each_r
         let password = cs.api_credential_password(c.id).unwrap();
         assert!(!logs.contains(&password), "API password in a worker's log");
     }
+}
+
+/// The outputs an onboarding whose project is `site-<request_id>` must end
+/// with: what the sandbox holds, whatever form the answers took.
+fn outputs_held(env: &TestEnv, request_id: &str, ip_shown: bool) -> Value {
+    let cs = &env.sandbox.computestacks;
+    let order = cs
+        .orders()
+        .into_iter()
+        .find(|o| o.project_name == format!("site-{request_id}"))
+        .expect("the request's order");
+    let user = cs
+        .users()
+        .into_iter()
+        .find(|u| u.id == order.user_id)
+        .expect("the order's user");
+    let credential = cs
+        .api_credentials()
+        .into_iter()
+        .find(|c| c.user_id == user.id)
+        .expect("the user's credential");
+    json!({
+        "user_id": user.id,
+        "api_credential_id": credential.id,
+        "api_username": credential.username,
+        // A numeric order id is output as a number, a UUID as a string.
+        "order_id": order.id.parse::<i64>().map(Value::from).unwrap_or(json!(order.id)),
+        "project_id": order.project_id.expect("completed with a project"),
+        "load_balancer_ip": if ip_shown { json!(order.load_balancer_ip) } else { Value::Null },
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reading_of_an_open_point_of_the_guide_onboards_with_the_outputs_the_sandbox_holds() {
+    let env = TestEnv::start_with(|s| poll_order(s, 100, 1.0, 100, 20_000)).await;
+    let cs = &env.sandbox.computestacks;
+    cs.set_order_duration(Duration::from_millis(250));
+    for (i, (why, readings)) in each_reading().into_iter().enumerate() {
+        let ip_shown = readings.load_balancer_ip != LoadBalancerIp::Nowhere;
+        cs.set_readings(readings);
+        let id = format!("reading-{i}");
+        env.publish(&request(
+            &id,
+            &format!("{id}@example.com"),
+            json!({"product": "medium"}),
+        ))
+        .await;
+        let done = env.final_event(&id, Duration::from_secs(30)).await;
+        assert_eq!(done["event"], "completed", "{why}: {done:#}");
+        assert_eq!(done["outputs"], outputs_held(&env, &id, ip_shown), "{why}");
+        assert_eq!(
+            steps_of(&env.events_of(&id).await),
+            [
+                "create_user",
+                "create_api_credential",
+                "create_order",
+                "poll_order"
+            ],
+            "{why}"
+        );
+    }
+    let n = each_reading().len();
+    assert_eq!(cs.users().len(), n, "one user per onboarding");
+    assert_eq!(cs.orders().len(), n, "one order per onboarding");
+    assert!(
+        cs.orders().iter().all(|o| o.product_ids == vec![2]),
+        "the named product resolved under every reading"
+    );
+    assert!(env.dead().await.is_empty());
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_email_fails_rejected_at_create_user_under_every_error_form_quoting_json_reasons_only(
+) {
+    let env = TestEnv::start().await;
+    let cs = &env.sandbox.computestacks;
+    env.publish(&request(
+        "form-first",
+        "form@example.com",
+        json!({"product_id": 1}),
+    ))
+    .await;
+    let first = env.final_event("form-first", Duration::from_secs(30)).await;
+    assert_eq!(first["event"], "completed", "{first:#}");
+    for (form, reason) in [
+        (ErrorForm::ErrorsList, "Email has already been taken"),
+        (ErrorForm::ErrorsByField, "email has already been taken"),
+        (ErrorForm::Error, "Email has already been taken"),
+        (ErrorForm::Message, "Email has already been taken"),
+        (ErrorForm::PlainText, "HTTP 422"),
+    ] {
+        cs.set_readings(Readings {
+            errors: form,
+            ..Readings::default()
+        });
+        let id = format!("form-{form:?}").to_lowercase();
+        env.publish(&request(&id, "form@example.com", json!({"product_id": 1})))
+            .await;
+        let failed = env.final_event(&id, Duration::from_secs(30)).await;
+        assert_eq!(failed["event"], "failed", "{form:?}: {failed:#}");
+        assert_eq!(failed["error"]["kind"], "rejected", "{form:?}");
+        assert_eq!(failed["error"]["step"], "create_user", "{form:?}");
+        assert_eq!(failed["error"]["http_status"], 422, "{form:?}");
+        assert_eq!(
+            failed["error"]["message"],
+            format!("provider rejected create_user: {reason}"),
+            "{form:?}"
+        );
+        assert!(!failed.to_string().contains(USER_PASSWORD), "{form:?}");
+    }
+    assert_eq!(cs.users().len(), 1);
+    env.shutdown().await;
+}
+
+/// A create that succeeds at the provider whose answer is lost (a 503 instead):
+/// the engine runs the step again as a possible repeat.
+fn lost_answer(method: &str, path: &str) -> FaultRule {
+    FaultRule {
+        method: Some(method.into()),
+        path_contains: path.into(),
+        fault: Fault::AfterSuccess { status: 503 },
+        times: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_and_an_order_whose_create_answers_were_lost_are_found_and_adopted_not_made_twice() {
+    let env = TestEnv::start().await;
+    let cs = &env.sandbox.computestacks;
+    let all_at_once = each_reading().pop().expect("a row").1;
+    for (i, (why, readings)) in [
+        ("the guide's answers", Readings::default()),
+        ("every other reading", all_at_once),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        cs.set_readings(readings.clone());
+        let before = cs.knobs.all_calls();
+        let calls =
+            |endpoint: &str| cs.knobs.calls(endpoint) - before.get(endpoint).copied().unwrap_or(0);
+        cs.knobs.inject(lost_answer("POST", "/api/admin/users"));
+        cs.knobs.inject(lost_answer("POST", "/api/orders"));
+        let id = format!("lost-{i}");
+        env.publish(&request(
+            &id,
+            &format!("{id}@example.com"),
+            json!({"product": "small"}),
+        ))
+        .await;
+        let done = env.final_event(&id, Duration::from_secs(30)).await;
+        assert_eq!(done["event"], "completed", "{why}: {done:#}");
+        let ip_shown = readings.load_balancer_ip != LoadBalancerIp::Nowhere;
+        assert_eq!(done["outputs"], outputs_held(&env, &id, ip_shown), "{why}");
+        assert_eq!(calls("POST /api/admin/users"), 1, "{why}: one user create");
+        assert_eq!(
+            calls("GET /api/admin/users/{key}"),
+            1,
+            "{why}: then a lookup"
+        );
+        assert_eq!(calls("POST /api/orders"), 1, "{why}: one order placed");
+        assert_eq!(
+            calls("GET /api/orders"),
+            1,
+            "{why}: then the user's orders read"
+        );
+    }
+    assert_eq!(cs.users().len(), 2, "one user per onboarding");
+    assert_eq!(cs.orders().len(), 2, "one order per onboarding");
+    let metrics = env.metrics_text().await;
+    for step in ["create_user", "create_order"] {
+        assert_eq!(
+            metric_value(
+                &metrics,
+                "onboarding_create_repeats_total",
+                &[("provider", "computestacks"), ("step", step)]
+            ),
+            Some(2.0),
+            "{step}: each adoption counted"
+        );
+    }
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_whose_create_answer_was_lost_is_made_again_as_the_api_offers_no_way_to_find_it(
+) {
+    let env = TestEnv::start().await;
+    let cs = &env.sandbox.computestacks;
+    cs.knobs.inject(lost_answer("POST", "/api_credentials"));
+    env.publish(&request(
+        "lost-credential",
+        "lostcred@example.com",
+        json!({"product_id": 1}),
+    ))
+    .await;
+    let done = env
+        .final_event("lost-credential", Duration::from_secs(30))
+        .await;
+    assert_eq!(done["event"], "completed", "{done:#}");
+    let credentials = cs.api_credentials();
+    assert_eq!(
+        credentials.len(),
+        2,
+        "the lost one stays on the user, unused"
+    );
+    assert_eq!(
+        done["outputs"]["api_credential_id"], credentials[1].id,
+        "the second one is used"
+    );
+    assert_eq!(cs.orders()[0].user_id, credentials[1].user_id);
+    let metrics = env.metrics_text().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "onboarding_create_repeats_total",
+            &[
+                ("provider", "computestacks"),
+                ("step", "create_api_credential")
+            ]
+        ),
+        Some(1.0),
+        "counted as made afresh"
+    );
+    env.shutdown().await;
 }

@@ -1,12 +1,19 @@
 //! Magento BI cloud onboarding end to end (CONTRACT §4 "magento_bi / onboard"):
 //! ten steps, a shared access token that expires, and four provider jobs waited
-//! on in the broker's delay queues.
+//! on in the broker's delay queues; the whole onboarding under each reading of
+//! the seed's open points (the sandbox's `[sandbox.magento_bi]` knobs, listed in
+//! the provider module's doc); a create whose answer was lost is adopted, not
+//! made twice.
 
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use onboarding_worker::config::Secret;
 use onboarding_worker::sandbox::faults::{Fault, FaultRule};
+use onboarding_worker::sandbox::magento_bi::{
+    ConnectionList, EstablishedForm, Ids, JobIdOnCreate, JobList, JobStatusForm, JobWorkload,
+    Nulls, Readings, StatusCase,
+};
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -609,5 +616,309 @@ async fn no_magento_secret_appears_in_logs_events_dead_messages_or_metrics() {
             );
         }
     }
+    env.shutdown().await;
+}
+
+// ---- the seed's open points: one whole onboarding per reading --------------
+
+/// Checks a completed onboarding of `request_id` against what the sandbox made:
+/// one client, invite, connection, connection test and autodash job, and the
+/// outputs naming them (ids as numbers, whatever the answers said).
+async fn assert_onboarded(env: &TestEnv, request_id: &str, why: &str) {
+    let done = env.final_event(request_id, Duration::from_secs(60)).await;
+    assert_eq!(done["event"], "completed", "{why}: {done:#}");
+    assert_eq!(steps_of(&env.events_of(request_id).await), STEPS, "{why}");
+    let out = &done["outputs"];
+    let api = &env.sandbox.magento_bi;
+    let client = api.clients()[0].id;
+    assert_eq!(out["client_id"], client, "{why}: client_id, as a number");
+    let invite = api.invites()[0].id;
+    assert_eq!(out["user_id"], invite, "{why}: user_id, as a number");
+    let ours: Vec<_> = api
+        .connections()
+        .into_iter()
+        .filter(|c| c.client_id == client && !c.preexisting)
+        .collect();
+    assert_eq!(ours.len(), 1, "{why}: one connection: {ours:?}");
+    assert_eq!(out["connection_id"], ours[0].id, "{why}: connection_id");
+    let tests: Vec<_> = api
+        .jobs()
+        .into_iter()
+        .filter(|j| !j.form.is_empty())
+        .collect();
+    assert_eq!(tests.len(), 1, "{why}: one connection test: {tests:?}");
+    assert_eq!(tests[0].connection_id, ours[0].id, "{why}");
+    assert_eq!(tests[0].status, "Completed", "{why}");
+    let dashboards = api.dashboards();
+    assert_eq!(dashboards.len(), 1, "{why}: {dashboards:?}");
+    assert_eq!(
+        (dashboards[0].connection_id, dashboards[0].user_id),
+        (ours[0].id, invite),
+        "{why}: the dashboards use our connection and the invited user"
+    );
+    assert_eq!(dashboards[0].status, "completed", "{why}");
+    assert_eq!(out["dashboard_job_id"], dashboards[0].id.as_str(), "{why}");
+    assert!(
+        env.dead().await.is_empty(),
+        "{why}: nothing in onboarding.dead"
+    );
+}
+
+/// One whole onboarding with the sandbox started in `readings` (through the
+/// `[sandbox.magento_bi]` settings).
+async fn onboards_under(request_id: &str, readings: Readings) {
+    let why = format!("{readings:?}");
+    let env = TestEnv::start_with(move |s| s.sandbox.magento_bi = readings).await;
+    env.publish(&magento_request(request_id, "Readings Co.", MYSQL_PASSWORD))
+        .await;
+    assert_onboarded(&env, request_id, &why).await;
+    env.shutdown().await;
+}
+
+fn seed() -> Readings {
+    Readings::default()
+}
+
+/// Issue 14: the provider's emulation answered the job list with the latest job
+/// as one object; every onboarding failed at poll_connection_test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboards_when_the_job_list_answers_one_object() {
+    let readings = Readings {
+        job_list: JobList::Object,
+        ..seed()
+    };
+    onboards_under("mbi-read-object", readings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboards_when_the_job_list_is_oldest_first() {
+    let readings = Readings {
+        job_list: JobList::OldestFirst,
+        ..seed()
+    };
+    onboards_under("mbi-read-oldest", readings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboards_when_the_job_list_is_wrapped_under_jobs() {
+    let readings = Readings {
+        job_list: JobList::Wrapped,
+        ..seed()
+    };
+    onboards_under("mbi-read-wrapped", readings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboards_when_the_job_list_is_wrapped_under_data() {
+    let readings = Readings {
+        job_list: JobList::WrappedData,
+        ..seed()
+    };
+    onboards_under("mbi-read-data", readings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboards_when_a_jobs_status_is_a_bare_word() {
+    let readings = Readings {
+        job_status: JobStatusForm::String,
+        ..seed()
+    };
+    onboards_under("mbi-read-status-word", readings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboards_when_every_status_is_title_case() {
+    let readings = Readings {
+        status_case: StatusCase::Title,
+        ..seed()
+    };
+    onboards_under("mbi-read-title", readings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboards_when_every_status_is_lower_case() {
+    let readings = Readings {
+        status_case: StatusCase::Lower,
+        ..seed()
+    };
+    onboards_under("mbi-read-lower", readings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboards_when_every_status_is_upper_case() {
+    let readings = Readings {
+        status_case: StatusCase::Upper,
+        ..seed()
+    };
+    onboards_under("mbi-read-upper", readings).await;
+}
+
+/// The sandbox refuses an id written back as a string, so this also shows the
+/// client writes the seed's numbers whatever the answers said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboards_when_ids_are_numeric_strings_and_writes_them_back_as_numbers() {
+    let readings = Readings {
+        ids: Ids::String,
+        ..seed()
+    };
+    onboards_under("mbi-read-string-ids", readings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboards_when_listed_jobs_name_no_connection() {
+    let readings = Readings {
+        job_workload: JobWorkload::Absent,
+        ..seed()
+    };
+    onboards_under("mbi-read-no-workload", readings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboards_when_the_job_post_answers_the_jobs_id() {
+    let readings = Readings {
+        job_id_on_create: JobIdOnCreate::Id,
+        ..seed()
+    };
+    onboards_under("mbi-read-job-id", readings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboards_when_the_connection_list_is_wrapped() {
+    let readings = Readings {
+        connection_list: ConnectionList::Wrapped,
+        ..seed()
+    };
+    onboards_under("mbi-read-conn-wrapped", readings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboards_when_established_is_a_boolean() {
+    let readings = Readings {
+        established: EstablishedForm::Bool,
+        ..seed()
+    };
+    onboards_under("mbi-read-est-bool", readings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboards_when_established_is_a_unix_time() {
+    let readings = Readings {
+        established: EstablishedForm::Epoch,
+        ..seed()
+    };
+    onboards_under("mbi-read-est-epoch", readings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboards_when_unknown_values_are_left_out_rather_than_null() {
+    let readings = Readings {
+        nulls: Nulls::Absent,
+        ..seed()
+    };
+    onboards_under("mbi-read-absent", readings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboards_when_answers_carry_unknown_fields() {
+    let readings = Readings {
+        extra_fields: true,
+        ..seed()
+    };
+    onboards_under("mbi-read-extra", readings).await;
+}
+
+/// Every knob at its least expected value at once, set over HTTP while the
+/// sandbox runs, as an operator of `onboarding-worker sandbox` would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onboards_when_every_open_point_takes_its_least_expected_reading_set_over_http() {
+    let env = TestEnv::start().await;
+    let all = serde_json::json!({
+        "job_list": "object", "job_status": "string", "status_case": "upper", "ids": "string",
+        "job_workload": "absent", "job_id_on_create": "null", "connection_list": "wrapped",
+        "established": "bool", "nulls": "absent", "extra_fields": true,
+    });
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/_sandbox/readings",
+            env.sandbox.magento_api_url()
+        ))
+        .json(&all)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        serde_json::to_value(env.sandbox.magento_bi.readings()).unwrap(),
+        all,
+        "every knob set"
+    );
+    env.publish(&magento_request("mbi-read-all", "All Odd", MYSQL_PASSWORD))
+        .await;
+    assert_onboarded(&env, "mbi-read-all", "every reading at once").await;
+    env.shutdown().await;
+}
+
+// ---- a create whose answer was lost is recognised -------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_made_before_its_answer_was_lost_is_adopted_not_made_twice() {
+    let env = TestEnv::start().await;
+    let api = &env.sandbox.magento_bi;
+    // The connection is made; its answer is a 503 (the "call succeeded,
+    // answer lost" case): the retry may repeat it, and looks first.
+    api.knobs.inject(FaultRule {
+        method: Some("POST".into()),
+        path_contains: "/connections/input-connections".into(),
+        fault: Fault::AfterSuccess { status: 503 },
+        times: 1,
+    });
+    env.publish(&magento_request(
+        "mbi-lost-conn",
+        "Lost Answer",
+        MYSQL_PASSWORD,
+    ))
+    .await;
+    assert_onboarded(&env, "mbi-lost-conn", "a lost create answer").await;
+    assert_eq!(
+        api.knobs
+            .calls("POST /v1/v2/clients/{client_id}/connections/input-connections"),
+        1,
+        "no second POST"
+    );
+    let metrics = env.metrics_text().await;
+    assert_eq!(
+        magento_metric(
+            &metrics,
+            "onboarding_create_repeats_total",
+            &[("step", "create_connection")]
+        ),
+        1.0,
+        "the repeat was recognised and counted"
+    );
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_test_started_before_its_answer_was_lost_is_adopted_not_started_twice() {
+    let env = TestEnv::start().await;
+    let api = &env.sandbox.magento_bi;
+    api.knobs.inject(FaultRule {
+        method: Some("POST".into()),
+        path_contains: "/job".into(),
+        fault: Fault::AfterSuccess { status: 503 },
+        times: 1,
+    });
+    env.publish(&magento_request(
+        "mbi-lost-test",
+        "Lost Test",
+        MYSQL_PASSWORD,
+    ))
+    .await;
+    assert_onboarded(&env, "mbi-lost-test", "a lost job answer").await;
+    assert_eq!(
+        api.knobs.calls("POST /v2/client/{client_id}/job"),
+        1,
+        "no second test"
+    );
     env.shutdown().await;
 }

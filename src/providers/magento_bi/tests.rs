@@ -8,7 +8,10 @@ use super::*;
 use crate::config::{Secret, Settings};
 use crate::engine::local::{run_plan, LocalRun};
 use crate::sandbox::faults::{Fault, FaultRule};
-use crate::sandbox::magento_bi::{Api, Options};
+use crate::sandbox::magento_bi::{
+    Api, ConnectionList, EstablishedForm, Ids, JobIdOnCreate, JobList, JobStatusForm, JobWorkload,
+    Nulls, Options, Readings, StatusCase,
+};
 
 const PASSWORD: &str = "pw-hunter2-magento";
 const SECRET: &str = "cs-hunter2-magento";
@@ -54,6 +57,20 @@ impl Harness {
 
     /// A sandbox whose accepted password is `sandbox_password`.
     async fn start_with(job: Duration, token_ttl: Duration, sandbox_password: &str) -> Harness {
+        Self::start_full(job, token_ttl, sandbox_password, Readings::default()).await
+    }
+
+    /// A sandbox answering in `readings`.
+    async fn start_reading(job: Duration, readings: Readings) -> Harness {
+        Self::start_full(job, Duration::from_secs(3600), PASSWORD, readings).await
+    }
+
+    async fn start_full(
+        job: Duration,
+        token_ttl: Duration,
+        sandbox_password: &str,
+        readings: Readings,
+    ) -> Harness {
         let mut settings = test_settings();
         let api = Api::new(Options {
             username: settings.username.clone(),
@@ -62,6 +79,7 @@ impl Harness {
             client_secret: SECRET.into(),
             token_ttl,
             job_duration: job,
+            readings,
         });
         settings.api_base = serve(api.api_router()).await;
         settings.dashboard_base = serve(api.dashboard_router()).await;
@@ -95,6 +113,17 @@ impl Harness {
         outputs: &Map<String, Value>,
         name: &'static str,
     ) -> Result<StepOutcome, StepError> {
+        self.step_with(input, outputs, name, false).await
+    }
+
+    /// As [`Harness::step`], saying whether an earlier attempt may have reached the provider.
+    async fn step_with(
+        &self,
+        input: &Value,
+        outputs: &Map<String, Value>,
+        name: &'static str,
+        possible_repeat: bool,
+    ) -> Result<StepOutcome, StepError> {
         let key = StepKey::new(name);
         let secrets = Map::new();
         let ctx = StepContext {
@@ -107,7 +136,7 @@ impl Harness {
             attempt: 0,
             polls: 0,
             poll_state: None,
-            possible_repeat: false,
+            possible_repeat,
         };
         self.provider.run(&ctx).await
     }
@@ -409,10 +438,23 @@ async fn a_full_onboard_ends_with_outputs_the_sandbox_holds() {
         [
             "client_id",
             "connection_id",
+            "connection_tests_before",
             "dashboard_job_id",
             "signup_id",
             "user_id"
         ]
+    );
+    let older_tests: Vec<Value> = h
+        .api
+        .jobs()
+        .iter()
+        .filter(|j| j.form.is_empty())
+        .map(|j| json!(j.id))
+        .collect();
+    assert_eq!(
+        out["connection_tests_before"],
+        Value::Array(older_tests),
+        "the jobs listed before ours"
     );
     assert_eq!(
         h.api.tokens_issued(),
@@ -698,4 +740,1000 @@ async fn no_secret_appears_in_an_error_message_or_debug_output() {
             assert!(!text.contains(secret), "a secret in: {text}");
         }
     }
+}
+
+// ---- tolerant readers (module doc, "open points") ------------------------
+
+/// A listed connection test of `connection` (`null` for none) in the seed's form.
+fn job(id: i64, connection: Value, status: &str) -> Value {
+    let mut j = json!({
+        "id": id, "type": {"id": 27, "name": "Connection Test"},
+        "status": {"name": status, "id": 2}, "start": null, "end": null,
+    });
+    if !connection.is_null() {
+        j["workload"] = json!({"connectionId": connection, "syncAndSample": 1});
+    }
+    j
+}
+
+/// What the job list `body` gives for our test: "ours <id>", "wait", or the error.
+fn pick(
+    body: &Value,
+    connection: i64,
+    posted: Option<i64>,
+    before: Option<&[i64]>,
+) -> Result<String, String> {
+    let connection = answers::Id::Num(connection);
+    let posted = posted.map(answers::Id::Num);
+    let before: Option<Vec<answers::Id>> =
+        before.map(|b| b.iter().map(|i| answers::Id::Num(*i)).collect());
+    let ours = answers::OurTest {
+        connection: Some(&connection),
+        job: posted.as_ref(),
+        before: before.as_deref(),
+    };
+    let entries = answers::entries(body)?;
+    Ok(match answers::pick_job(&entries, &ours)? {
+        answers::Pick::Ours(j) => {
+            format!("ours {}", j.id.map(|i| i.to_string()).unwrap_or("-".into()))
+        }
+        answers::Pick::NotYet(_) => "wait".into(),
+    })
+}
+
+#[test]
+fn the_job_list_is_read_in_every_shape_and_only_our_job_is_taken() {
+    let ours = || job(9001, json!(14), "Running");
+    let older = || job(9000, json!(10), "Completed");
+    let bare = |id: i64, status: &str| job(id, Value::Null, status);
+    type Case<'a> = (
+        &'a str,
+        Value,
+        Option<i64>,
+        Option<&'a [i64]>,
+        Result<&'a str, &'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "a list, newest first",
+            json!([ours(), older()]),
+            None,
+            None,
+            Ok("ours 9001"),
+        ),
+        (
+            "a list, oldest first",
+            json!([older(), ours()]),
+            None,
+            None,
+            Ok("ours 9001"),
+        ),
+        ("one object: ours", ours(), None, None, Ok("ours 9001")),
+        (
+            "one object: a newer test of another connection",
+            job(9002, json!(15), "Completed"),
+            None,
+            None,
+            Ok("wait"),
+        ),
+        (
+            "wrapped under jobs",
+            json!({"jobs": [ours(), older()], "total": 2}),
+            None,
+            None,
+            Ok("ours 9001"),
+        ),
+        (
+            "wrapped under data, beside an envelope status",
+            json!({"status": "ok", "data": [older(), ours()]}),
+            None,
+            None,
+            Ok("ours 9001"),
+        ),
+        (
+            "wrapped under items",
+            json!({"items": [ours()]}),
+            None,
+            None,
+            Ok("ours 9001"),
+        ),
+        (
+            "wrapped under results",
+            json!({"results": [ours()]}),
+            None,
+            None,
+            Ok("ours 9001"),
+        ),
+        ("null: no job yet", Value::Null, None, None, Ok("wait")),
+        (
+            "an empty object: no job yet",
+            json!({}),
+            None,
+            None,
+            Ok("wait"),
+        ),
+        (
+            "an empty list: no job yet",
+            json!([]),
+            None,
+            None,
+            Ok("wait"),
+        ),
+        (
+            "only another connection's test",
+            json!([older()]),
+            None,
+            None,
+            Ok("wait"),
+        ),
+        (
+            "two tests of ours: the newest by id, whatever the order",
+            json!([
+                job(9001, json!(14), "Failed"),
+                job(9003, json!(14), "Completed"),
+                job(9002, json!(15), "Running")
+            ]),
+            None,
+            None,
+            Ok("ours 9003"),
+        ),
+        (
+            "ids and connection ids as numeric text",
+            json!([{"id": "9001", "status": {"name": "Queued"}, "workload": {"connectionId": "14"}}]),
+            None,
+            None,
+            Ok("ours 9001"),
+        ),
+        (
+            "the posted id settles it",
+            json!([
+                job(9002, json!(14), "Completed"),
+                job(9001, json!(14), "Running")
+            ]),
+            Some(9001),
+            None,
+            Ok("ours 9001"),
+        ),
+        (
+            "the posted id not listed yet",
+            json!([older()]),
+            Some(9005),
+            None,
+            Ok("wait"),
+        ),
+        (
+            "the posted id, in a list that gives no ids",
+            json!([{"status": "Running", "workload": {"connectionId": 14}}]),
+            Some(9005),
+            None,
+            Ok("ours -"),
+        ),
+        (
+            "no workload: the only job not listed before our POST",
+            json!([bare(9001, "Running"), bare(9000, "Completed")]),
+            None,
+            Some(&[9000]),
+            Ok("ours 9001"),
+        ),
+        (
+            "no workload, one object: still the job from before our POST",
+            bare(9000, "Completed"),
+            None,
+            Some(&[9000]),
+            Ok("wait"),
+        ),
+        (
+            "no workload, one object: new since our POST",
+            bare(9001, "Queued"),
+            None,
+            Some(&[9000]),
+            Ok("ours 9001"),
+        ),
+        (
+            "no workload, two new jobs: cannot be told apart",
+            json!([
+                bare(9002, "Completed"),
+                bare(9001, "Failed"),
+                bare(9000, "Completed")
+            ]),
+            None,
+            Some(&[9000]),
+            Ok("wait"),
+        ),
+        (
+            "no workload and nothing listed before known",
+            json!([bare(9001, "Completed")]),
+            None,
+            None,
+            Ok("wait"),
+        ),
+        (
+            "a new job naming another connection is never ours",
+            json!([job(9001, json!(15), "Completed"), bare(9000, "Completed")]),
+            None,
+            Some(&[9000]),
+            Ok("wait"),
+        ),
+        (
+            "a test of ours listed before our POST is an earlier one",
+            json!([job(9000, json!(14), "Failed")]),
+            None,
+            Some(&[9000]),
+            Ok("wait"),
+        ),
+        (
+            "a job of another type is not ours",
+            json!([{"id": 9001, "type": {"id": 5, "name": "Sync"}, "status": {"name": "Completed"}, "workload": {"connectionId": 14}}]),
+            None,
+            None,
+            Ok("wait"),
+        ),
+        (
+            "the type as a bare id",
+            json!([{"id": 9001, "type": 27, "status": "Completed", "workload": {"connectionId": 14}}]),
+            None,
+            None,
+            Ok("ours 9001"),
+        ),
+        (
+            "the type as a bare name",
+            json!([{"id": 9001, "type": "connection test", "status": "Completed", "workload": {"connectionId": 14}}]),
+            None,
+            None,
+            Ok("ours 9001"),
+        ),
+        (
+            "the workload JSON-encoded in a string",
+            json!([{"id": 9001, "status": "Completed", "workload": "{\"connectionId\":14,\"syncAndSample\":1}"}]),
+            None,
+            None,
+            Ok("ours 9001"),
+        ),
+        (
+            "the workload's connection as connection_id",
+            json!([{"id": 9001, "status": "Completed", "workload": {"connection_id": 14}}]),
+            None,
+            None,
+            Ok("ours 9001"),
+        ),
+        (
+            "unknown fields everywhere",
+            json!([{"id": 9001, "x": {"y": [1]}, "status": {"name": "Completed", "color": "green"},
+                    "type": {"id": 27, "extra": true}, "workload": {"connectionId": 14, "more": null}}]),
+            None,
+            None,
+            Ok("ours 9001"),
+        ),
+        (
+            "an unreadable entry is skipped when ours is found",
+            json!([ours(), {"id": 5, "message": "odd"}]),
+            None,
+            None,
+            Ok("ours 9001"),
+        ),
+        (
+            "an unreadable entry and nothing of ours",
+            json!([{"id": 5}, older()]),
+            None,
+            None,
+            Err("a list of 2 whose entry 1 is an object without status"),
+        ),
+        (
+            "one object without status",
+            json!({"id": 1, "message": "x"}),
+            None,
+            None,
+            Err("an object without status"),
+        ),
+        (
+            "a status of the wrong type",
+            json!({"id": 1, "status": 3}),
+            None,
+            None,
+            Err("an object whose status is a number"),
+        ),
+        (
+            "a status without a name",
+            json!({"id": 1, "status": {"id": 3}}),
+            None,
+            None,
+            Err("an object whose status has no name"),
+        ),
+        (
+            "a null status reads as none",
+            json!({"id": 1, "status": null}),
+            None,
+            None,
+            Err("an object without status"),
+        ),
+        (
+            "an id of the wrong type",
+            json!({"id": true, "status": "Completed"}),
+            None,
+            None,
+            Err("an object with an id given as a boolean"),
+        ),
+        ("a string", json!("hunter2"), None, None, Err("a string")),
+        ("a number", json!(7), None, None, Err("a number")),
+    ];
+    for (why, body, posted, before, expected) in cases {
+        let got = pick(&body, 14, posted, before);
+        assert_eq!(
+            got,
+            expected.map(String::from).map_err(String::from),
+            "{why}"
+        );
+        if let Err(e) = &got {
+            assert!(
+                !e.contains("hunter2") && !e.contains("odd"),
+                "{why}: content in {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn status_words_are_read_in_any_letter_case_and_either_form() {
+    use answers::Phase::*;
+    for (v, expected) in [
+        (json!("Completed"), Ok(Completed)),
+        (json!("completed"), Ok(Completed)),
+        (json!("COMPLETED"), Ok(Completed)),
+        (json!("complete"), Ok(Completed)),
+        (json!({"name": "Completed", "id": 3}), Ok(Completed)),
+        (json!({"name": "COMPLETED"}), Ok(Completed)),
+        (json!("Failed"), Ok(Failed)),
+        (json!("failure"), Ok(Failed)),
+        (json!("ERROR"), Ok(Failed)),
+        (json!("Cancelled"), Ok(Failed)),
+        (json!({"name": "failed", "id": 4}), Ok(Failed)),
+        (json!("Queued"), Ok(Waiting)),
+        (json!(" running "), Ok(Waiting)),
+        (json!("pending"), Ok(Waiting)),
+        (json!("something new"), Ok(Waiting)),
+        (json!(3), Err("whose status is a number")),
+        (json!({"id": 3}), Err("whose status has no name")),
+        (json!({"name": 3}), Err("whose status.name is a number")),
+        (json!(""), Err("whose status is an empty string")),
+        (Value::Null, Err("without status")),
+        (json!(["Completed"]), Err("whose status is a list of 1")),
+    ] {
+        let got = answers::Status::read(&v).map(|s| s.phase());
+        assert_eq!(got, expected.map_err(String::from), "{v}");
+    }
+}
+
+#[test]
+fn ids_are_read_as_numbers_or_numeric_text_and_written_back_as_numbers() {
+    use answers::Id;
+    for (v, expected, written) in [
+        (json!(14), Ok(Some(Id::Num(14))), json!(14)),
+        (json!("14"), Ok(Some(Id::Num(14))), json!(14)),
+        (json!(" 14 "), Ok(Some(Id::Num(14))), json!(14)),
+        (json!(14.0), Ok(Some(Id::Num(14))), json!(14)),
+        (json!("014"), Ok(Some(Id::Text("014".into()))), json!("014")),
+        (
+            json!("1827c806-aa"),
+            Ok(Some(Id::Text("1827c806-aa".into()))),
+            json!("1827c806-aa"),
+        ),
+        (
+            json!(u64::MAX),
+            Ok(Some(Id::Text(u64::MAX.to_string()))),
+            json!(u64::MAX.to_string()),
+        ),
+        (Value::Null, Ok(None), Value::Null),
+        (json!(""), Ok(None), Value::Null),
+        (
+            json!(true),
+            Err("with an id given as a boolean"),
+            Value::Null,
+        ),
+        (
+            json!(14.5),
+            Err("with an id given as a fractional number"),
+            Value::Null,
+        ),
+        (
+            json!({"id": 1}),
+            Err("with an id given as an object"),
+            Value::Null,
+        ),
+    ] {
+        let got = Id::read(&v);
+        assert_eq!(got, expected.map_err(String::from), "{v}");
+        if let Ok(Some(id)) = got {
+            assert_eq!(id.to_value(), written, "{v} written back");
+        }
+    }
+    assert_eq!(
+        Id::read(&json!("14")).unwrap(),
+        Id::read(&json!(14)).unwrap(),
+        "one id"
+    );
+}
+
+#[test]
+fn established_is_read_as_a_timestamp_a_boolean_a_number_or_text() {
+    for (v, expected) in [
+        (json!("2018-04-10 10:03:20"), Ok(true)),
+        (json!(true), Ok(true)),
+        (json!(1523354600), Ok(true)),
+        (json!("yes"), Ok(true)),
+        (Value::Null, Ok(false)),
+        (json!(false), Ok(false)),
+        (json!(0), Ok(false)),
+        (json!(""), Ok(false)),
+        (json!("0"), Ok(false)),
+        (json!("FALSE"), Ok(false)),
+        (json!("0000-00-00 00:00:00"), Ok(false)),
+        (json!({"at": 1}), Err("whose established is an object")),
+    ] {
+        let got = answers::Established::read(&v).map(|e| e.0);
+        assert_eq!(got, expected.map_err(String::from), "{v}");
+    }
+}
+
+#[test]
+fn connection_lists_are_read_bare_wrapped_or_as_one_object() {
+    let ours = json!({"id": "14", "name": "store", "type": "mysql",
+                      "properties": {"host": "DB.coco.example", "established": "2018-04-10 10:03:20"}});
+    let older =
+        json!({"id": 10, "name": "legacy", "properties": {"host": "legacy", "established": true}});
+    let sent = input()["connection"].as_object().unwrap().clone();
+    for (why, body) in [
+        ("a bare list (seed)", json!([older.clone(), ours.clone()])),
+        (
+            "under connections",
+            json!({"connections": [older.clone(), ours.clone()], "total": 2}),
+        ),
+        (
+            "under input-connections",
+            json!({"input-connections": [ours.clone()]}),
+        ),
+        ("under data", json!({"data": [ours.clone(), older.clone()]})),
+        ("one object", ours.clone()),
+    ] {
+        let entries = answers::entries(&body).unwrap_or_else(|e| panic!("{why}: {e}"));
+        let found: Vec<answers::Connection> = entries
+            .iter()
+            .map(|e| answers::Connection::read(e).unwrap())
+            .filter(|c| c.id == Some(answers::Id::Num(14)))
+            .collect();
+        assert_eq!(found.len(), 1, "{why}");
+        assert!(found[0].established(), "{why}");
+        assert!(
+            found[0].is_ours(&sent),
+            "{why}: same name, host (case aside) and type"
+        );
+    }
+    let mut other = sent.clone();
+    other["properties"]["host"] = json!("elsewhere.example");
+    let entry = answers::Connection::read(&ours).unwrap();
+    assert!(!entry.is_ours(&other), "another host is not ours");
+    other = sent.clone();
+    other["name"] = json!("shop");
+    assert!(!entry.is_ours(&other), "another name is not ours");
+    let not_yet = answers::Connection::read(&json!({"id": 14, "properties": {}})).unwrap();
+    assert!(!not_yet.established(), "established absent");
+    assert_eq!(
+        answers::entries(&json!("x")).unwrap_err(),
+        "a string",
+        "neither a list nor an object"
+    );
+}
+
+#[test]
+fn signup_autodash_created_and_token_answers_are_read_tolerantly() {
+    use answers::{Id, Phase};
+    for (body, expected) in [
+        (
+            json!({"pubkey": "ssh-rsa x", "status": "completed", "client_id": 123}),
+            Ok((Phase::Completed, Some(Id::Num(123)))),
+        ),
+        (
+            json!({"status": "COMPLETED", "client_id": "123"}),
+            Ok((Phase::Completed, Some(Id::Num(123)))),
+        ),
+        (
+            json!({"status": "Complete", "clientId": 123}),
+            Ok((Phase::Completed, Some(Id::Num(123)))),
+        ),
+        (
+            json!({"data": {"status": {"name": "completed"}, "client_id": 123}}),
+            Ok((Phase::Completed, Some(Id::Num(123)))),
+        ),
+        (json!({"status": "pending"}), Ok((Phase::Waiting, None))),
+        (
+            json!({"status": "running", "client_id": null}),
+            Ok((Phase::Waiting, None)),
+        ),
+        (
+            json!({"status": "failed", "error": "no"}),
+            Ok((Phase::Failed, None)),
+        ),
+        (json!({"client_id": 1}), Err("an object without status")),
+        (json!([{"status": "completed"}]), Err("a list of 1")),
+        (
+            json!({"status": "completed", "client_id": false}),
+            Err("an object with an id given as a boolean"),
+        ),
+    ] {
+        let got = answers::Signup::read(&body).map(|s| (s.status.phase(), s.client_id));
+        assert_eq!(got, expected.map_err(String::from), "{body}");
+    }
+    for (body, expected) in [
+        (
+            json!({"status": "completed", "job_id": "d474"}),
+            Ok(Phase::Completed),
+        ),
+        (json!({"status": "Completed"}), Ok(Phase::Completed)),
+        (json!({"status": {"name": "RUNNING"}}), Ok(Phase::Waiting)),
+        (json!({"job_id": "d474"}), Err("an object without status")),
+    ] {
+        let got = answers::Autodash::read(&body).map(|a| a.status.phase());
+        assert_eq!(got, expected.map_err(String::from), "{body}");
+    }
+    for (body, expected) in [
+        (
+            json!({"inviter_user_id": 39203, "client_id": 2, "id": 3892}),
+            Ok(Id::Num(3892)),
+        ),
+        (json!({"id": "3892"}), Ok(Id::Num(3892))),
+        (json!({"data": {"id": 14}}), Ok(Id::Num(14))),
+        (
+            json!({"id": "d4740d5e-4c4e"}),
+            Ok(Id::Text("d4740d5e-4c4e".into())),
+        ),
+        (json!({"url": "/v3/signups/x"}), Err("an object without id")),
+        (json!({"id": null}), Err("an object whose id is null")),
+        (
+            json!({"id": ""}),
+            Err("an object whose id is an empty string"),
+        ),
+        (json!({}), Err("an object without id")),
+        (json!([]), Err("an empty list")),
+    ] {
+        assert_eq!(
+            answers::Created::required(&body),
+            expected.map_err(String::from),
+            "{body}"
+        );
+    }
+    for (v, expected) in [
+        (json!(14400), Ok(Some(14400.0))),
+        (json!("14400"), Ok(Some(14400.0))),
+        (Value::Null, Ok(None)),
+        (json!(""), Ok(None)),
+        (
+            json!("soon"),
+            Err("whose expires_in is text that is not a number"),
+        ),
+        (json!([1]), Err("whose expires_in is a list of 1")),
+    ] {
+        assert_eq!(answers::seconds(&v), expected.map_err(String::from), "{v}");
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_job_list_names_what_was_expected_and_what_came_never_its_content() {
+    let h = Harness::start(Duration::ZERO, Duration::from_secs(3600)).await;
+    let input = input();
+    let mut out = Map::new();
+    for step in [
+        "create_signup",
+        "poll_signup",
+        "invite_user",
+        "update_client",
+        "create_connection",
+        "poll_connection",
+        "test_connection",
+    ] {
+        h.finish(&input, &mut out, step).await.unwrap();
+    }
+    let body = json!({"session": "hunter2-not-for-logs", "jobs_total": 1});
+    h.api.knobs.inject(FaultRule {
+        method: Some("GET".into()),
+        path_contains: "/job/type/".into(),
+        fault: Fault::Json200 { body: body.clone() },
+        times: 1,
+    });
+    let err = h
+        .step(&input, &out, "poll_connection_test")
+        .await
+        .unwrap_err();
+    let size = body.to_string().len();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "poll_connection_test: unexpected response body ({size} bytes): expected a job object \
+             or a list of jobs with status.name (bare, or under jobs/data/items/results); \
+             got an object without status"
+        )
+    );
+    assert!(matches!(
+        err,
+        StepError::Transient {
+            reason: RetryReason::BadResponse,
+            ..
+        }
+    ));
+    h.api.knobs.inject(FaultRule {
+        method: Some("POST".into()),
+        path_contains: "/v3/invites".into(),
+        fault: Fault::Json200 {
+            body: json!({"email": "hunter2@x.y", "client_id": 2}),
+        },
+        times: 1,
+    });
+    let err = h.step(&input, &out, "invite_user").await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.ends_with("expected an object with the new user's id; got an object without id"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+/// The readings of the sandbox, one knob turned each, and all at once.
+fn every_reading() -> Vec<(&'static str, Readings)> {
+    let r = Readings::default;
+    vec![
+        ("the seed's readings", r()),
+        (
+            "the job list answers one object",
+            Readings {
+                job_list: JobList::Object,
+                ..r()
+            },
+        ),
+        (
+            "the job list is oldest first",
+            Readings {
+                job_list: JobList::OldestFirst,
+                ..r()
+            },
+        ),
+        (
+            "the job list is wrapped under jobs",
+            Readings {
+                job_list: JobList::Wrapped,
+                ..r()
+            },
+        ),
+        (
+            "the job list is wrapped under data",
+            Readings {
+                job_list: JobList::WrappedData,
+                ..r()
+            },
+        ),
+        (
+            "a job's status is a bare word",
+            Readings {
+                job_status: JobStatusForm::String,
+                ..r()
+            },
+        ),
+        (
+            "statuses are title case",
+            Readings {
+                status_case: StatusCase::Title,
+                ..r()
+            },
+        ),
+        (
+            "statuses are lower case",
+            Readings {
+                status_case: StatusCase::Lower,
+                ..r()
+            },
+        ),
+        (
+            "statuses are upper case",
+            Readings {
+                status_case: StatusCase::Upper,
+                ..r()
+            },
+        ),
+        (
+            "ids are numeric strings",
+            Readings {
+                ids: Ids::String,
+                ..r()
+            },
+        ),
+        (
+            "jobs name no connection",
+            Readings {
+                job_workload: JobWorkload::Absent,
+                ..r()
+            },
+        ),
+        (
+            "the job POST answers the job's id",
+            Readings {
+                job_id_on_create: JobIdOnCreate::Id,
+                ..r()
+            },
+        ),
+        (
+            "the connection list is wrapped",
+            Readings {
+                connection_list: ConnectionList::Wrapped,
+                ..r()
+            },
+        ),
+        (
+            "established is a boolean",
+            Readings {
+                established: EstablishedForm::Bool,
+                ..r()
+            },
+        ),
+        (
+            "established is a Unix time",
+            Readings {
+                established: EstablishedForm::Epoch,
+                ..r()
+            },
+        ),
+        (
+            "unknown values are left out",
+            Readings {
+                nulls: Nulls::Absent,
+                ..r()
+            },
+        ),
+        (
+            "answers carry unknown fields",
+            Readings {
+                extra_fields: true,
+                ..r()
+            },
+        ),
+        (
+            "every open point takes its least expected reading",
+            Readings {
+                job_list: JobList::Object,
+                job_status: JobStatusForm::String,
+                status_case: StatusCase::Upper,
+                ids: Ids::String,
+                job_workload: JobWorkload::Absent,
+                job_id_on_create: JobIdOnCreate::Null,
+                connection_list: ConnectionList::Wrapped,
+                established: EstablishedForm::Bool,
+                nulls: Nulls::Absent,
+                extra_fields: true,
+            },
+        ),
+        (
+            "jobs name no connection, the list is one object and the POST gives the id",
+            Readings {
+                job_list: JobList::Object,
+                job_workload: JobWorkload::Absent,
+                job_id_on_create: JobIdOnCreate::Id,
+                ..r()
+            },
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn a_full_onboard_completes_under_every_reading_of_the_open_points() {
+    let runs = every_reading()
+        .into_iter()
+        .map(|(why, readings)| async move {
+            let h = Harness::start_reading(Duration::from_millis(150), readings).await;
+            let run = h.run(&input()).await;
+            assert!(run.failure.is_none(), "{why}: {:?}", run.failure);
+            assert_eq!(names(&run), STEPS, "{why}");
+            let out = &run.outputs;
+            let client = h.api.clients()[0].id;
+            assert_eq!(
+                out["client_id"],
+                json!(client),
+                "{why}: ids are kept as numbers"
+            );
+            assert_eq!(out["user_id"], json!(h.api.invites()[0].id), "{why}");
+            let ours: Vec<_> = h
+                .api
+                .connections()
+                .into_iter()
+                .filter(|c| !c.preexisting)
+                .collect();
+            assert_eq!(ours.len(), 1, "{why}");
+            assert_eq!(out["connection_id"], json!(ours[0].id), "{why}");
+            let tests: Vec<_> = h
+                .api
+                .jobs()
+                .into_iter()
+                .filter(|j| !j.form.is_empty())
+                .collect();
+            assert_eq!(tests.len(), 1, "{why}: one connection test");
+            assert_eq!(tests[0].status, "Completed", "{why}");
+            let d = &h.api.dashboards()[0];
+            assert_eq!(
+                (d.connection_id, d.user_id),
+                (ours[0].id, h.api.invites()[0].id),
+                "{why}"
+            );
+            assert_eq!(d.status, "completed", "{why}");
+        });
+    futures::future::join_all(runs).await;
+}
+
+#[tokio::test]
+async fn a_newer_test_of_another_connection_is_not_taken_for_ours_when_the_list_shows_one_job() {
+    let h = Harness::start_reading(
+        Duration::ZERO,
+        Readings {
+            job_list: JobList::Object,
+            ..Readings::default()
+        },
+    )
+    .await;
+    let input = input();
+    let mut out = Map::new();
+    for step in [
+        "create_signup",
+        "poll_signup",
+        "invite_user",
+        "update_client",
+        "create_connection",
+        "poll_connection",
+    ] {
+        h.finish(&input, &mut out, step).await.unwrap();
+    }
+    // Our test fails; then someone tests the older connection, which succeeds
+    // and is now the latest (the only) job the list shows.
+    h.api.fail_next_connection_test();
+    h.finish(&input, &mut out, "test_connection").await.unwrap();
+    let client = out["client_id"].as_i64().unwrap();
+    let older = h
+        .api
+        .connections()
+        .into_iter()
+        .find(|c| c.client_id == client && c.preexisting)
+        .unwrap();
+    let mut theirs = out.clone();
+    theirs.insert("connection_id".into(), json!(older.id));
+    h.finish(&input, &mut theirs, "test_connection")
+        .await
+        .unwrap();
+    let outcome = h.step(&input, &out, "poll_connection_test").await.unwrap();
+    assert!(
+        matches!(&outcome, StepOutcome::Pending { status, .. } if status == "no job names our connection"),
+        "another connection's completed test is not ours: {outcome:?}"
+    );
+}
+
+const POST_CONNECTION: &str = "POST /v1/v2/clients/{client_id}/connections/input-connections";
+const GET_CONNECTIONS: &str = "GET /v1/v2/clients/{client_id}/connections/input-connections";
+const POST_JOB: &str = "POST /v2/client/{client_id}/job";
+
+fn done_of(outcome: StepOutcome) -> StepDone {
+    match outcome {
+        StepOutcome::Done(done) => done,
+        other => panic!("expected done, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_create_connection_adopts_the_connection_with_our_name_and_host() {
+    let h = Harness::start_reading(
+        Duration::ZERO,
+        Readings {
+            ids: Ids::String,
+            connection_list: ConnectionList::Wrapped,
+            ..Readings::default()
+        },
+    )
+    .await;
+    let input = input();
+    let mut out = Map::new();
+    for step in [
+        "create_signup",
+        "poll_signup",
+        "invite_user",
+        "update_client",
+        "create_connection",
+    ] {
+        h.finish(&input, &mut out, step).await.unwrap();
+    }
+    let first = out["connection_id"].clone();
+    assert_eq!(h.api.knobs.calls(POST_CONNECTION), 1);
+    assert_eq!(
+        h.api.knobs.calls(GET_CONNECTIONS),
+        0,
+        "no look-up on a first attempt"
+    );
+
+    // The same step again, as after an attempt whose answer was lost.
+    let done = done_of(
+        h.step_with(&input, &out, "create_connection", true)
+            .await
+            .unwrap(),
+    );
+    assert!(done.repeat_detected, "counted as a detected repeat");
+    assert_eq!(
+        done.outputs["connection_id"], first,
+        "the connection made before"
+    );
+    assert_eq!(h.api.knobs.calls(POST_CONNECTION), 1, "no second POST");
+    assert_eq!(h.api.knobs.calls(GET_CONNECTIONS), 1, "looked up once");
+
+    // A connection of another host is not ours: a repeat with it creates one.
+    let mut elsewhere = input.clone();
+    elsewhere["connection"]["properties"]["host"] = json!("other-db.coco.example");
+    let done = done_of(
+        h.step_with(&elsewhere, &out, "create_connection", true)
+            .await
+            .unwrap(),
+    );
+    assert!(!done.repeat_detected);
+    assert_ne!(done.outputs["connection_id"], first);
+    assert_eq!(h.api.knobs.calls(POST_CONNECTION), 2);
+    assert_eq!(
+        h.api
+            .connections()
+            .iter()
+            .filter(|c| !c.preexisting)
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_test_connection_adopts_our_test_unless_it_failed() {
+    let h = Harness::start(Duration::ZERO, Duration::from_secs(3600)).await;
+    let input = input();
+    let mut out = Map::new();
+    for step in [
+        "create_signup",
+        "poll_signup",
+        "invite_user",
+        "update_client",
+        "create_connection",
+        "poll_connection",
+        "test_connection",
+    ] {
+        h.finish(&input, &mut out, step).await.unwrap();
+    }
+    assert_eq!(h.api.knobs.calls(POST_JOB), 1);
+    let done = done_of(
+        h.step_with(&input, &out, "test_connection", true)
+            .await
+            .unwrap(),
+    );
+    assert!(done.repeat_detected);
+    let ours = out["connection_id"].as_i64().unwrap();
+    let test = h
+        .api
+        .jobs()
+        .into_iter()
+        .find(|j| j.connection_id == ours)
+        .unwrap();
+    assert_eq!(
+        done.outputs[TEST_JOB_ID],
+        json!(test.id),
+        "the adopted job is kept by id"
+    );
+    assert_eq!(h.api.knobs.calls(POST_JOB), 1, "no second test");
+    out.extend(done.outputs);
+    h.finish(&input, &mut out, "poll_connection_test")
+        .await
+        .unwrap();
+
+    // A failed test of ours is not adopted: the repeat starts a new one.
+    h.api.fail_next_connection_test();
+    h.finish(&input, &mut out, "test_connection").await.unwrap();
+    assert_eq!(h.api.knobs.calls(POST_JOB), 2);
+    let done = done_of(
+        h.step_with(&input, &out, "test_connection", true)
+            .await
+            .unwrap(),
+    );
+    assert!(!done.repeat_detected);
+    assert_eq!(h.api.knobs.calls(POST_JOB), 3);
 }

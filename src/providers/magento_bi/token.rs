@@ -74,8 +74,15 @@ fn sensitive(text: &str) -> HeaderValue {
 #[derive(Deserialize)]
 struct TokenAnswer {
     access_token: Secret,
-    expires_in: f64,
+    /// Seconds, as a number (seed) or numeric text; absent or null is read as
+    /// [`UNSAID_LIFETIME`] (module doc, point 18).
+    #[serde(default)]
+    expires_in: serde_json::Value,
 }
+
+/// The lifetime assumed for a token whose answer does not say; a 401 renews
+/// it sooner if it is shorter.
+const UNSAID_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// Hands out the shared token, renewing it at most once at a time.
 pub(super) struct Tokens {
@@ -173,7 +180,13 @@ impl Tokens {
             .map_err(|e| about_token(step, e))?;
         let usable = !answer.access_token.expose().is_empty()
             && HeaderValue::from_str(answer.access_token.expose()).is_ok();
-        if !usable || !answer.expires_in.is_finite() {
+        let expires_in = super::answers::seconds(&answer.expires_in);
+        let readable = match expires_in {
+            Ok(None) => true,
+            Ok(Some(secs)) => secs.is_finite(),
+            Err(_) => false,
+        };
+        if !usable || !readable {
             return Err(StepError::Transient {
                 reason: RetryReason::BadResponse,
                 retry_after: None,
@@ -181,7 +194,10 @@ impl Tokens {
                 message: format!("{step} (access token): the provider sent an unusable token"),
             });
         }
-        let lifetime = Duration::from_secs_f64(answer.expires_in.clamp(0.0, 1e9));
+        let lifetime = match expires_in {
+            Ok(Some(secs)) => Duration::from_secs_f64(secs.clamp(0.0, 1e9)),
+            _ => UNSAID_LIFETIME,
+        };
         self.metrics
             .token_renewals_total
             .with_label_values(&["magento_bi"])

@@ -8,23 +8,102 @@
 //! Outputs: `code_name`, `logins` (every login created so far, so each
 //! `create_user` replaces the list with a longer one), `connection_id`,
 //! `login_url`, `login_url_expires`.
+//!
+//! # Open points of the seed, and the readings accepted
+//!
+//! The seed shows one example per answer. Where it leaves an answer's shape, a
+//! field's name, presence or type, or an error's form open, the client accepts
+//! every reading below (readers in `wire`, tested as tables there) and the
+//! sandbox serves each one (`sandbox::sharespine::Readings`; the end-to-end
+//! tests run a whole onboarding under each). Requests go out exactly as the
+//! seed shows them. 14 open points:
+//!
+//! 1. **Created tenant**: `{"codeName": ..}` (the seed), the tenant echoed
+//!    with its `codeName`, or either under `tenant` or `data`.
+//! 2. **`codeName`'s type**: a string (the seed) or a number, read as its
+//!    decimal text; it must be usable as one URL path segment. Output as a
+//!    string, since `login_url` takes it back as one.
+//! 3. **Created tenant user**: the seed shows `{"login": .., "....": ..}`; also
+//!    under `user` or `data`, or without `login` (`{}`, other fields, an empty
+//!    body): then it is the login sent (the seed: "same as defined in the
+//!    request"). A login answered is the one recorded.
+//! 4. **Created connection**: `{"id": .., "type": ..}` (the seed), bare or
+//!    under `connection` or `data`.
+//! 5. **Connection id's type**: a hex string (the seed), a number or a numeric
+//!    string; output as text, never re-typed (leading zeros are kept).
+//! 6. **Login URL's field name**: `loginUrl` (the seed), `loginURL`,
+//!    `login_url` or `url`; bare or under `login` or `data`; an http(s) URL.
+//! 7. **Login URL's expiry**: `expires` (the seed), `expiresAt` or
+//!    `expires_at`; RFC 3339 with any offset (the seed's ends in `Z`), or a Unix
+//!    timestamp in seconds or milliseconds, as a number or a numeric string.
+//!    Output as RFC 3339 in UTC; null or absent gives `login_url_expires: null`.
+//! 8. **`null` versus absent** for every optional field: the same.
+//! 9. **Unknown extra fields**, at the top or inside an object: ignored.
+//! 10. **Success status**: any 2xx (creates answer 201 or 200).
+//! 11. **Error bodies**: `{"message": ..}`, `{"error": ..}`, `{"errors": [..]}`,
+//!     plain text or nothing. A short reason is quoted from the JSON forms
+//!     ([`http::detail`](crate::providers::http::detail)), never from plain text.
+//! 12. **The reseller's tenants** (`GET /reseller/tenant`; the seed says the
+//!     Reseller API gives "some basic information of the tenants" without
+//!     showing it): bare, under `tenants` or under `data`; each entry (or its
+//!     `tenant`) with `codeName` and `customerReference`.
+//! 13. **A tenant's users** (`GET /reseller/tenant/{codeName}/user`): bare,
+//!     under `users` or `data`; user objects with `login`, or bare logins.
+//! 14. **A tenant's connections** (`GET /reseller/tenant/{codeName}/connection`):
+//!     bare, under `connections` or `data`; entries with `id`.
+//!
+//! Whether the reads of 12 to 14 exist at all is open too: a 404, 405 or 501
+//! to one means "not offered", and the step goes on as it would without them.
+//! An answer still unreadable is a transient `bad_response` whose message says
+//! what was expected and what came, by shape and field names only:
+//! `create_tenant: unexpected response body (9 bytes): expected a tenant object
+//! with codeName; got a list of 2 items`.
+//!
+//! # Recognising our own earlier create
+//!
+//! When the engine says a claim may repeat an interrupted attempt
+//! (`possible_repeat`), each create first looks for what that attempt made:
+//! - `create_tenant`: the reseller's tenants. Those carrying the request's
+//!   `customerReference` (ignoring case, as code names do) and contradicting
+//!   none of the fields sent that the list shows are candidates. None:
+//!   created. One: adopted (`repeat_detected`), no second tenant. More than
+//!   one: `rejected`, naming `create_tenant` and the earlier attempt. The seed
+//!   has one tenant per customer account and `customerReference` is the
+//!   reseller's reference for the customer, so the one tenant carrying it is
+//!   this customer's; a second tenant made on purpose for the same reference by
+//!   another request is the case this cannot tell apart, and then it refuses.
+//! - `create_user`: the tenant is this request's own (its `codeName` came from
+//!   this request's `create_tenant`). Its users: the login there is adopted,
+//!   unless an earlier entry of this request asks for the same login (then it
+//!   is that entry's, and the create goes ahead to meet Sharespine's 422).
+//!   Without the list, a 409, or a 422 whose reason says the login exists, is
+//!   taken as ours on the same terms.
+//! - `create_connection`: the tenant's connections. In this request's own
+//!   tenant each one is from this request (the customer is sent a login URL
+//!   only after). Those whose `type` and `name` (where shown) match the body
+//!   sent are candidates: none, created; one, adopted with its id; more,
+//!   `rejected` naming `create_connection` and the earlier attempt.
+//! - `create_login_url`: nothing to find. A login URL is temporary and a repeat
+//!   issues another; the earlier one expires unused.
+//!
+//! Where a read is not offered, the create goes ahead and the window stays as
+//! CONTRACT §6 and the README say (the engine counts the possible repeat).
 
 mod input;
+mod wire;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::config::SharespineSettings;
-use crate::domain::{Operation, ProviderId};
+use crate::domain::{Operation, ProviderId, RetryReason};
 use crate::engine::step::{
     PollPolicy, Provider, RetryPolicy, StepContext, StepDone, StepError, StepKey, StepOutcome,
 };
 use crate::metrics::Metrics;
-use crate::providers::http::HttpClient;
+use crate::providers::http::{HttpClient, Response};
 
 use input::LoginTarget;
 
@@ -79,38 +158,126 @@ impl Sharespine {
         Ok(url)
     }
 
-    /// One call: POST `body` as JSON with the reseller's headers; the 2xx body parsed as `T`.
-    async fn post<T: DeserializeOwned>(
+    /// One call with the reseller's headers: `POST` with `body` as JSON, or
+    /// `GET` when there is none. A 2xx comes back whole.
+    async fn call(
+        &self,
+        step: &str,
+        segments: &[&str],
+        body: Option<&Value>,
+    ) -> Result<Response, StepError> {
+        let url = self.url(step, segments)?;
+        let request = match body {
+            Some(body) => self.http.inner().post(url).json(body),
+            None => self.http.inner().get(url),
+        }
+        .basic_auth(
+            &self.settings.username,
+            Some(self.settings.password.expose()),
+        )
+        .header("X-Reseller", &self.settings.reseller_code)
+        .header(reqwest::header::USER_AGENT, &self.settings.user_agent);
+        self.http.send(step, request).await
+    }
+
+    /// A `POST` whose 2xx answer is read with `reader`.
+    async fn post<T>(
         &self,
         step: &str,
         segments: &[&str],
         body: &Value,
+        reader: impl FnOnce(&Value) -> Result<T, String>,
     ) -> Result<T, StepError> {
-        let url = self.url(step, segments)?;
-        let request = self
-            .http
-            .inner()
-            .post(url)
-            .basic_auth(
-                &self.settings.username,
-                Some(self.settings.password.expose()),
-            )
-            .header("X-Reseller", &self.settings.reseller_code)
-            .header(reqwest::header::USER_AGENT, &self.settings.user_agent)
-            .json(body);
-        self.http.send(step, request).await?.json(step)
+        let response = self.call(step, segments, Some(body)).await?;
+        read(step, &response, reader)
     }
 
-    async fn create_tenant(&self, tenant: &Value) -> Result<StepDone, StepError> {
-        #[derive(Deserialize)]
-        struct Created {
-            #[serde(rename = "codeName")]
-            code_name: String,
+    /// A `GET` read with `reader`; `None` when the API does not offer it
+    /// (404, 405 or 501: the seed does not show these reads).
+    async fn lookup<T>(
+        &self,
+        step: &str,
+        segments: &[&str],
+        reader: impl FnOnce(&Value) -> Result<T, String>,
+    ) -> Result<Option<T>, StepError> {
+        match self.call(step, segments, None).await {
+            Ok(response) => read(step, &response, reader).map(Some),
+            Err(StepError::Rejected {
+                http_status: Some(404 | 405 | 501),
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
         }
-        let created: Created = self
-            .post(CREATE_TENANT, &["reseller", "tenant"], tenant)
+    }
+
+    async fn create_tenant(
+        &self,
+        tenant: &Value,
+        possible_repeat: bool,
+    ) -> Result<StepDone, StepError> {
+        if possible_repeat {
+            if let Some(done) = self.earlier_tenant(tenant).await? {
+                return Ok(done);
+            }
+        }
+        let code_name = self
+            .post(
+                CREATE_TENANT,
+                &["reseller", "tenant"],
+                tenant,
+                wire::code_name,
+            )
             .await?;
-        Ok(StepDone::default().with("code_name", created.code_name))
+        Ok(StepDone::default().with("code_name", code_name))
+    }
+
+    /// The tenant an interrupted `create_tenant` of this request may have made.
+    async fn earlier_tenant(&self, tenant: &Value) -> Result<Option<StepDone>, StepError> {
+        let Some(listed) = self
+            .lookup(CREATE_TENANT, &["reseller", "tenant"], wire::tenants)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let sent = tenant.as_object().cloned().unwrap_or_default();
+        let reference = sent
+            .get("customerReference")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_lowercase();
+        let candidates: Vec<&wire::ListedTenant> = listed
+            .iter()
+            .filter(|t| {
+                t.customer_reference
+                    .as_deref()
+                    .is_some_and(|r| r.to_lowercase() == reference)
+            })
+            .filter(|t| {
+                ["fullName", "email", "active", "defaultLanguage"]
+                    .iter()
+                    .all(|k| match (sent.get(*k), t.fields.get(*k)) {
+                        (Some(a), Some(b)) if !a.is_null() && !b.is_null() => a == b,
+                        _ => true,
+                    })
+            })
+            .collect();
+        match candidates.as_slice() {
+            [] => Ok(None),
+            [ours] => {
+                let mut done = StepDone::default().with("code_name", ours.code_name.as_str());
+                done.repeat_detected = true;
+                Ok(Some(done))
+            }
+            many => Err(StepError::rejected(
+                None,
+                format!(
+                    "provider rejected create_tenant: an earlier attempt of this request may \
+                     have created the tenant, and {} tenants carry its customerReference; not \
+                     creating another, nor adopting one",
+                    many.len()
+                ),
+            )),
+        }
     }
 
     async fn create_user(
@@ -120,44 +287,46 @@ impl Sharespine {
         outputs: &Map<String, Value>,
         possible_repeat: bool,
     ) -> Result<StepDone, StepError> {
-        #[derive(Deserialize)]
-        struct Created {
-            login: String,
-        }
         let wanted = user
             .get("login")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
+        let segments = ["reseller", "tenant", code_name, "user"];
         let mut repeat_detected = false;
-        let created: Created = match self
-            .post(
-                CREATE_USER,
-                &["reseller", "tenant", code_name, "user"],
-                user,
-            )
-            .await
-        {
-            Ok(c) => c,
-            // Our own earlier attempt may have created it before its worker
-            // died: in the tenant this request made, the login is ours.
-            Err(StepError::Rejected {
-                http_status: Some(422),
-                message,
-            }) if possible_repeat && message.contains("already exists") => {
-                repeat_detected = true;
-                Created { login: wanted }
+        let mut listed = false;
+        if possible_repeat {
+            if let Some(logins) = self.lookup(CREATE_USER, &segments, wire::logins).await? {
+                listed = true;
+                repeat_detected = logins.contains(&wanted);
             }
-            Err(e) => return Err(e),
+        }
+        let login = if repeat_detected {
+            wanted
+        } else {
+            match self.call(CREATE_USER, &segments, Some(user)).await {
+                Ok(response) => read_optional(CREATE_USER, &response, |body| {
+                    wire::created_login(body, &wanted)
+                })?,
+                // Our own earlier attempt may have created it before its worker
+                // died: in the tenant this request made, the login is ours.
+                Err(StepError::Rejected {
+                    http_status: Some(status @ (409 | 422)),
+                    message,
+                }) if possible_repeat && !listed && (status == 409 || says_exists(&message)) => {
+                    repeat_detected = true;
+                    wanted
+                }
+                Err(e) => return Err(e),
+            }
         };
         let mut logins: Vec<Value> = outputs
             .get("logins")
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        // The seed says to save the login the provider answers; a step run
-        // again after its output was recorded must not list it twice.
-        let login = Value::String(created.login);
+        // A step run again after its output was recorded must not list it twice.
+        let login = Value::String(login);
         if !logins.contains(&login) {
             logins.push(login);
         }
@@ -170,19 +339,53 @@ impl Sharespine {
         &self,
         code_name: &str,
         connection: &Value,
+        possible_repeat: bool,
     ) -> Result<StepDone, StepError> {
-        #[derive(Deserialize)]
-        struct Created {
-            id: String,
+        let segments = ["reseller", "tenant", code_name, "connection"];
+        if possible_repeat {
+            if let Some(listed) = self
+                .lookup(CREATE_CONNECTION, &segments, wire::connections)
+                .await?
+            {
+                let candidates: Vec<&wire::ListedConnection> = listed
+                    .iter()
+                    .filter(|c| could_be(connection, &c.fields))
+                    .collect();
+                match candidates.as_slice() {
+                    [] => {}
+                    [wire::ListedConnection { id: Some(id), .. }] => {
+                        let mut done = StepDone::default().with("connection_id", id.as_str());
+                        done.repeat_detected = true;
+                        return Ok(done);
+                    }
+                    some => {
+                        return Err(StepError::rejected(
+                            None,
+                            format!(
+                                "provider rejected create_connection: an earlier attempt of this \
+                                 request may have created the connection, and the tenant holds {} \
+                                 that could be it{}; not creating another, nor adopting one",
+                                some.len(),
+                                if some.len() == 1 {
+                                    " without showing its id"
+                                } else {
+                                    ""
+                                }
+                            ),
+                        ))
+                    }
+                }
+            }
         }
-        let created: Created = self
+        let id = self
             .post(
                 CREATE_CONNECTION,
-                &["reseller", "tenant", code_name, "connection"],
+                &segments,
                 connection,
+                wire::connection_id,
             )
             .await?;
-        Ok(StepDone::default().with("connection_id", created.id))
+        Ok(StepDone::default().with("connection_id", id))
     }
 
     async fn create_login_url(
@@ -190,21 +393,17 @@ impl Sharespine {
         code_name: &str,
         target: &LoginTarget<'_>,
     ) -> Result<StepDone, StepError> {
-        #[derive(Deserialize)]
-        struct Created {
-            #[serde(rename = "loginUrl")]
-            login_url: String,
-            expires: String,
-        }
-        let created: Created = self
+        // A possible repeat issues another URL: the earlier one expires unused.
+        let created = self
             .post(
                 CREATE_LOGIN_URL,
                 &["reseller", "tenant", code_name, "login", target.login],
                 &json!({ "path": target.path }),
+                wire::login_url,
             )
             .await?;
         Ok(StepDone::default()
-            .with("login_url", created.login_url)
+            .with("login_url", created.url)
             .with("login_url_expires", created.expires))
     }
 
@@ -214,7 +413,7 @@ impl Sharespine {
         // request changed under us, which no retry can mend.
         let input = input::onboard(ctx.input).map_err(|m| StepError::rejected(None, m))?;
         if step == CREATE_TENANT {
-            return self.create_tenant(input.tenant).await;
+            return self.create_tenant(input.tenant, ctx.possible_repeat).await;
         }
         let code_name = ctx
             .outputs
@@ -254,7 +453,8 @@ impl Sharespine {
             CREATE_CONNECTION => {
                 let default = default_connection();
                 let connection = input.connection.unwrap_or(&default);
-                self.create_connection(code_name, connection).await
+                self.create_connection(code_name, connection, ctx.possible_repeat)
+                    .await
             }
             CREATE_LOGIN_URL => {
                 let target = input.login.ok_or_else(|| {
@@ -264,6 +464,69 @@ impl Sharespine {
             }
             other => Err(unknown_step(Operation::Onboard, other)),
         }
+    }
+}
+
+/// Could the listed connection `shown` be the one made from `sent`? Its `type`
+/// (`api` when not sent, as the API defaults it) and `name` must not differ
+/// where both are known.
+fn could_be(sent: &Value, shown: &Map<String, Value>) -> bool {
+    let sent_type = sent
+        .get("type")
+        .filter(|v| !v.is_null())
+        .cloned()
+        .unwrap_or_else(|| json!("api"));
+    let sent_name = sent.get("name").cloned().unwrap_or(Value::Null);
+    [("type", sent_type), ("name", sent_name)]
+        .iter()
+        .all(|(key, sent)| match shown.get(*key) {
+            Some(shown) if !shown.is_null() && !sent.is_null() => shown == sent,
+            _ => true,
+        })
+}
+
+/// Does a rejection's reason say the thing already exists (in any of the
+/// words APIs use for it)?
+fn says_exists(message: &str) -> bool {
+    let m = message.to_lowercase();
+    (m.contains("exist") && !m.contains("not exist") && !m.contains("no such"))
+        || m.contains("taken")
+        || m.contains("duplicate")
+}
+
+/// Parses a 2xx answer and reads it with `reader`; what cannot be read is a
+/// transient `bad_response` saying what was expected and what came.
+fn read<T>(
+    step: &str,
+    response: &Response,
+    reader: impl FnOnce(&Value) -> Result<T, String>,
+) -> Result<T, StepError> {
+    let body: Value = response.json(step)?;
+    reader(&body).map_err(|why| unreadable(step, response, why))
+}
+
+/// As [`read`], for an answer that may have no body at all (`None` then).
+fn read_optional<T>(
+    step: &str,
+    response: &Response,
+    reader: impl FnOnce(Option<&Value>) -> Result<T, String>,
+) -> Result<T, StepError> {
+    if response.body.iter().all(u8::is_ascii_whitespace) {
+        return reader(None).map_err(|why| unreadable(step, response, why));
+    }
+    let body: Value = response.json(step)?;
+    reader(Some(&body)).map_err(|why| unreadable(step, response, why))
+}
+
+fn unreadable(step: &str, response: &Response, why: String) -> StepError {
+    StepError::Transient {
+        reason: RetryReason::BadResponse,
+        retry_after: None,
+        http_status: Some(response.status),
+        message: format!(
+            "{step}: unexpected response body ({} bytes): {why}",
+            response.body.len()
+        ),
     }
 }
 
@@ -308,6 +571,9 @@ impl Provider for Sharespine {
     }
 
     fn call_timeout(&self) -> Duration {
+        // One call's timeout, though a step may make several (a look-up
+        // before a create, a token): the engine renews the lease while the
+        // step runs, so the lease only bounds how long a dead holder blocks.
         self.settings.calls.timeout()
     }
 
@@ -358,6 +624,7 @@ mod tests {
             username: s.username.clone(),
             password: s.password.expose().to_string(),
             reseller_code: s.reseller_code.clone(),
+            readings: sandbox::Readings::default(),
         });
         s.base_url = format!("http://{}", sandbox::serve_for_tests(&api).await);
         let provider = Sharespine::new(&s, Metrics::new());
@@ -1053,5 +1320,334 @@ mod tests {
                 );
             }
         }
+    }
+
+    use crate::sandbox::sharespine::{
+        each_reading, ConnectionIds, ErrorForm, Expires, List, Readings, Reads,
+    };
+
+    /// The outputs of a completed onboarding of `tenant`: what the sandbox holds.
+    fn outputs_held(tenant: &sandbox::Tenant, expiry_shown: bool) -> Map<String, Value> {
+        let url = tenant.login_urls.last().expect("a login URL");
+        json!({
+            "code_name": tenant.code_name,
+            "logins": tenant.logins(),
+            "connection_id": tenant.connections[0].id,
+            "login_url": url.url,
+            "login_url_expires": if expiry_shown { json!(url.expires) } else { Value::Null },
+        })
+        .as_object()
+        .unwrap()
+        .clone()
+    }
+
+    #[tokio::test]
+    async fn every_reading_of_an_open_point_onboards_with_the_outputs_the_sandbox_holds() {
+        let (api, provider, _) = sandbox_and_provider().await;
+        for (i, (why, readings)) in each_reading().into_iter().enumerate() {
+            let expiry_shown = !matches!(readings.expires, Expires::Null | Expires::Absent);
+            api.set_readings(readings);
+            let mut input = full_input();
+            input["tenant"]["customerReference"] = json!(format!("reading{i}"));
+            let run = run(&provider, Operation::Onboard, &input).await;
+            assert!(run.failure.is_none(), "{why}: {:?}", run.failure);
+            let tenant = api
+                .tenant(&format!("prefixreading{i}-1"))
+                .expect("the tenant");
+            assert_eq!(run.outputs, outputs_held(&tenant, expiry_shown), "{why}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_repeated_create_tenant_adopts_the_tenant_carrying_this_customer_reference() {
+        for lists in [List::Bare, List::Named, List::Data] {
+            let (api, provider, _) = sandbox_and_provider().await;
+            api.set_readings(Readings {
+                lists,
+                ..Readings::default()
+            });
+            let input = full_input();
+            let step = || StepKey::new(CREATE_TENANT);
+            let first = run_step(&provider, Operation::Onboard, &input, &Map::new(), step()).await;
+            let again = run_step_as(
+                &provider,
+                Operation::Onboard,
+                &input,
+                &Map::new(),
+                step(),
+                true,
+            )
+            .await;
+            let (Ok(StepOutcome::Done(first)), Ok(StepOutcome::Done(again))) = (first, again)
+            else {
+                panic!("{lists:?}: both done");
+            };
+            assert!(again.repeat_detected, "{lists:?}");
+            assert_eq!(again.outputs, first.outputs, "{lists:?}");
+            assert_eq!(api.tenants().len(), 1, "{lists:?}");
+            assert_eq!(
+                api.knobs.calls("POST /reseller/tenant"),
+                1,
+                "{lists:?}: no second create"
+            );
+            assert_eq!(api.knobs.calls("GET /reseller/tenant"), 1, "{lists:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_repeated_create_tenant_refuses_when_two_tenants_carry_the_reference() {
+        let (api, provider, _) = sandbox_and_provider().await;
+        let input = full_input();
+        for _ in 0..2 {
+            run_step(
+                &provider,
+                Operation::Onboard,
+                &input,
+                &Map::new(),
+                StepKey::new(CREATE_TENANT),
+            )
+            .await
+            .expect("created");
+        }
+        let error = run_step_as(
+            &provider,
+            Operation::Onboard,
+            &input,
+            &Map::new(),
+            StepKey::new(CREATE_TENANT),
+            true,
+        )
+        .await
+        .expect_err("ambiguous");
+        assert_eq!(
+            error.to_string(),
+            "provider rejected create_tenant: an earlier attempt of this request may have created \
+             the tenant, and 2 tenants carry its customerReference; not creating another, nor \
+             adopting one"
+        );
+        assert_eq!(api.knobs.calls("POST /reseller/tenant"), 2);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_create_tenant_creates_when_no_tenant_is_ours_or_reads_are_not_offered() {
+        let (api, provider, _) = sandbox_and_provider().await;
+        let mut other = full_input();
+        other["tenant"]["fullName"] = json!("Another Customer AB");
+        run_step(
+            &provider,
+            Operation::Onboard,
+            &other,
+            &Map::new(),
+            StepKey::new(CREATE_TENANT),
+        )
+        .await
+        .expect("created");
+        // Same reference, another full name: not this request's tenant.
+        let created = run_step_as(
+            &provider,
+            Operation::Onboard,
+            &full_input(),
+            &Map::new(),
+            StepKey::new(CREATE_TENANT),
+            true,
+        )
+        .await;
+        let Ok(StepOutcome::Done(created)) = created else {
+            panic!("{created:?}")
+        };
+        assert!(!created.repeat_detected);
+        assert_eq!(created.outputs["code_name"], "prefixmycustomer-2");
+        // Without the list, the create goes ahead: the window stays as the contract says.
+        api.set_readings(Readings {
+            reads: Reads::NotOffered,
+            ..Readings::default()
+        });
+        let created = run_step_as(
+            &provider,
+            Operation::Onboard,
+            &full_input(),
+            &Map::new(),
+            StepKey::new(CREATE_TENANT),
+            true,
+        )
+        .await;
+        let Ok(StepOutcome::Done(created)) = created else {
+            panic!("{created:?}")
+        };
+        assert!(!created.repeat_detected);
+        assert_eq!(api.knobs.calls("POST /reseller/tenant"), 3);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_create_user_is_recognised_by_the_list_or_else_by_its_422() {
+        for (reads, posts) in [(Reads::Offered, 1), (Reads::NotOffered, 2)] {
+            let (api, provider, _) = sandbox_and_provider().await;
+            api.set_readings(Readings {
+                reads,
+                errors: ErrorForm::Errors,
+                ..Readings::default()
+            });
+            let input =
+                json!({"tenant": {"customerReference": "rep"}, "users": [{"login": "anna"}]});
+            let first = run(&provider, Operation::Onboard, &input).await;
+            assert!(first.failure.is_none(), "{reads:?}: {:?}", first.failure);
+            let outputs = json!({"code_name": "prefixrep-1"})
+                .as_object()
+                .unwrap()
+                .clone();
+            let again = run_step_as(
+                &provider,
+                Operation::Onboard,
+                &input,
+                &outputs,
+                StepKey::indexed(CREATE_USER, 0),
+                true,
+            )
+            .await;
+            let Ok(StepOutcome::Done(again)) = again else {
+                panic!("{reads:?}: {again:?}")
+            };
+            assert!(again.repeat_detected, "{reads:?}");
+            assert_eq!(again.outputs["logins"], json!(["anna"]), "{reads:?}");
+            assert_eq!(
+                api.tenant("prefixrep-1").unwrap().logins(),
+                ["anna"],
+                "{reads:?}"
+            );
+            assert_eq!(
+                api.knobs.calls("POST /reseller/tenant/{code_name}/user"),
+                posts,
+                "{reads:?}: a second create only when there is no list to read"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_repeated_create_connection_adopts_the_one_connection_of_this_requests_tenant() {
+        let (api, provider, _) = sandbox_and_provider().await;
+        api.set_readings(Readings {
+            connection_ids: ConnectionIds::Number,
+            lists: List::Named,
+            ..Readings::default()
+        });
+        let input = json!({"tenant": {"customerReference": "conn"}});
+        let first = run(&provider, Operation::Onboard, &input).await;
+        assert!(first.failure.is_none(), "{:?}", first.failure);
+        let outputs = json!({"code_name": "prefixconn-1"})
+            .as_object()
+            .unwrap()
+            .clone();
+        let step = || StepKey::new(CREATE_CONNECTION);
+        let again = run_step_as(
+            &provider,
+            Operation::Onboard,
+            &input,
+            &outputs,
+            step(),
+            true,
+        )
+        .await;
+        let Ok(StepOutcome::Done(again)) = again else {
+            panic!("{again:?}")
+        };
+        assert!(again.repeat_detected);
+        assert_eq!(
+            again.outputs["connection_id"],
+            first.outputs["connection_id"]
+        );
+        assert_eq!(
+            api.knobs
+                .calls("POST /reseller/tenant/{code_name}/connection"),
+            1
+        );
+
+        // Two that could be it: neither is taken, nothing is made.
+        run_step(&provider, Operation::Onboard, &input, &outputs, step())
+            .await
+            .unwrap();
+        let error = run_step_as(
+            &provider,
+            Operation::Onboard,
+            &input,
+            &outputs,
+            step(),
+            true,
+        )
+        .await
+        .expect_err("ambiguous");
+        assert_eq!(
+            error.to_string(),
+            "provider rejected create_connection: an earlier attempt of this request may have \
+             created the connection, and the tenant holds 2 that could be it; not creating \
+             another, nor adopting one"
+        );
+        assert_eq!(
+            api.knobs
+                .calls("POST /reseller/tenant/{code_name}/connection"),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_repeated_create_login_url_issues_another_url() {
+        let (api, provider, _) = sandbox_and_provider().await;
+        let first = run(&provider, Operation::Onboard, &full_input()).await;
+        assert!(first.failure.is_none(), "{:?}", first.failure);
+        let again = run_step_as(
+            &provider,
+            Operation::Onboard,
+            &full_input(),
+            &first.outputs,
+            StepKey::new(CREATE_LOGIN_URL),
+            true,
+        )
+        .await;
+        let Ok(StepOutcome::Done(again)) = again else {
+            panic!("{again:?}")
+        };
+        assert!(!again.repeat_detected, "nothing to recognise");
+        assert_ne!(again.outputs["login_url"], first.outputs["login_url"]);
+        assert_eq!(
+            api.tenant("prefixmycustomer-1").unwrap().login_urls.len(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_answer_says_what_was_expected_and_what_came() {
+        let (api, provider, _) = sandbox_and_provider().await;
+        api.knobs.inject(FaultRule {
+            method: Some("POST".into()),
+            path_contains: "/reseller/tenant".into(),
+            fault: Fault::Json200 {
+                body: json!([{"codeName": "a"}, {"codeName": "b"}]),
+            },
+            times: 1,
+        });
+        let error = run_step(
+            &provider,
+            Operation::Onboard,
+            &full_input(),
+            &Map::new(),
+            StepKey::new(CREATE_TENANT),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                StepError::Transient {
+                    reason: RetryReason::BadResponse,
+                    http_status: Some(200),
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "create_tenant: unexpected response body (35 bytes): expected a tenant object with \
+             codeName; got a list of 2 items"
+        );
     }
 }
