@@ -2,7 +2,7 @@
 //! that user, then polling the order while the onboarding waits in the
 //! broker's delay queues (never in the worker).
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -747,54 +747,22 @@ async fn a_worker_stopped_while_orders_are_pending_is_replaced_and_each_request_
     env.shutdown().await;
 }
 
-/// The built binary as a worker process on `env`'s vhost, sandbox and ledger,
-/// its log lines to `log`.
+/// A worker process for these tests: polls every 200 to 500 ms.
 fn spawn_worker_process(env: &TestEnv, log: &std::path::Path) -> Child {
-    let s = &env.settings;
-    let cs = &s.providers.computestacks;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_onboarding-worker"))
-        .arg("run")
-        .env("ONBOARDING__AMQP__URL", s.amqp.url.expose())
-        .env("ONBOARDING__LEDGER__URL", s.ledger.url.expose())
-        .env("ONBOARDING__METRICS__LISTEN", "127.0.0.1:0")
-        .env("ONBOARDING__WORKER__LEASE_MARGIN_MS", "500")
-        .env(
-            "ONBOARDING__PROVIDERS__COMPUTESTACKS__BASE_URL",
-            &cs.base_url,
-        )
-        .env(
-            "ONBOARDING__PROVIDERS__COMPUTESTACKS__CALLS__TIMEOUT_MS",
-            "1500",
-        )
-        .env(
-            "ONBOARDING__PROVIDERS__COMPUTESTACKS__CALLS__RETRY_BASE_MS",
-            "50",
-        )
-        .env(
-            "ONBOARDING__PROVIDERS__COMPUTESTACKS__CALLS__RETRY_CAP_MS",
-            "400",
-        )
-        .env(
-            "ONBOARDING__PROVIDERS__COMPUTESTACKS__POLLS__POLL_ORDER__INTERVAL_MS",
-            "200",
-        )
-        .env(
-            "ONBOARDING__PROVIDERS__COMPUTESTACKS__POLLS__POLL_ORDER__MAX_INTERVAL_MS",
-            "500",
-        )
-        .env(
-            "RUST_LOG",
-            "debug,sqlx=warn,lapin=info,hyper=info,reqwest=info",
-        )
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("the built binary starts")
+    crate::helpers::spawn_worker_process(
+        env,
+        &[
+            (
+                "ONBOARDING__PROVIDERS__COMPUTESTACKS__POLLS__POLL_ORDER__INTERVAL_MS",
+                "200",
+            ),
+            (
+                "ONBOARDING__PROVIDERS__COMPUTESTACKS__POLLS__POLL_ORDER__MAX_INTERVAL_MS",
+                "500",
+            ),
+        ],
+        Some(log),
+    )
 }
 
 /// A worker process killed when the test ends, passed or not.

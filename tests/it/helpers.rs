@@ -534,3 +534,72 @@ pub fn metric_value(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Optio
         .reduce(|a, b| a + b)
 }
 // ---- end magento_bi ----------------------------------------------------------
+
+/// The built binary as a worker process on `env`'s vhost, sandbox and ledger,
+/// with the test settings' fast retries (1.5 s calls, 0.5 s lease margin),
+/// then `extra` environment variables on top (`ONBOARDING__...`). Its log
+/// lines go to `log`, or nowhere.
+#[allow(dead_code)]
+pub fn spawn_worker_process(
+    env: &TestEnv,
+    extra: &[(&str, &str)],
+    log: Option<&std::path::Path>,
+) -> std::process::Child {
+    let s = &env.settings;
+    let p = &s.providers;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_onboarding-worker"));
+    cmd.arg("run")
+        .env("ONBOARDING__AMQP__URL", s.amqp.url.expose())
+        .env("ONBOARDING__LEDGER__URL", s.ledger.url.expose())
+        .env("ONBOARDING__METRICS__LISTEN", "127.0.0.1:0")
+        .env("ONBOARDING__WORKER__LEASE_MARGIN_MS", "500")
+        .env(
+            "ONBOARDING__PROVIDERS__SHARESPINE__BASE_URL",
+            &p.sharespine.base_url,
+        )
+        .env(
+            "ONBOARDING__PROVIDERS__COMPUTESTACKS__BASE_URL",
+            &p.computestacks.base_url,
+        )
+        .env(
+            "ONBOARDING__PROVIDERS__MAGENTO_BI__API_BASE",
+            &p.magento_bi.api_base,
+        )
+        .env(
+            "ONBOARDING__PROVIDERS__MAGENTO_BI__DASHBOARD_BASE",
+            &p.magento_bi.dashboard_base,
+        )
+        .env(
+            "RUST_LOG",
+            "debug,sqlx=warn,lapin=info,hyper=info,reqwest=info",
+        );
+    for provider in ["SHARESPINE", "COMPUTESTACKS", "MAGENTO_BI"] {
+        for (key, value) in [
+            ("TIMEOUT_MS", "1500"),
+            ("RETRY_BASE_MS", "50"),
+            ("RETRY_CAP_MS", "400"),
+        ] {
+            cmd.env(
+                format!("ONBOARDING__PROVIDERS__{provider}__CALLS__{key}"),
+                value,
+            );
+        }
+    }
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let stderr = match log {
+        Some(path) => std::process::Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("the worker's log file"),
+        ),
+        None => std::process::Stdio::null(),
+    };
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("the built binary starts")
+}

@@ -11,6 +11,9 @@
 //! - `resilience`: transient faults, delays in queues, duplicates, crashes, reconnects.
 //! - `misbehaving`: providers answering HTML, unusable JSON, huge or endless bodies,
 //!   redirect loops, empty 4xx, resets mid-response: each ends in its contract class.
+//! - `scale_out`: several broker nodes, a killed worker taken over at once, a
+//!   provider's rate limit shared by every worker.
+//! - `pg`: a PostgreSQL database of a test's own.
 //! - `secrets`: nothing configured as secret shows anywhere.
 //! - `computestacks`, `magento_bi`: those providers end to end.
 //! - `cli`: the binary as operators use it (config errors, SIGTERM, status, dead).
@@ -23,6 +26,9 @@ mod helpers;
 mod hostile;
 mod magento_bi;
 mod misbehaving;
+#[allow(dead_code)]
+mod pg;
 mod resilience;
+mod scale_out;
 mod secrets;
 mod sharespine;

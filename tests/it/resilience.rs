@@ -1,7 +1,6 @@
 //! Transient faults, delays that wait in the broker, duplicate requests, a
 //! worker killed mid-flight and a broker connection closed under the worker.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use onboarding_worker::sandbox::faults::{Fault, FaultRule};
@@ -207,36 +206,6 @@ async fn published_again_after_completion_gets_completed_again_with_the_same_out
 }
 
 /// The built binary as a worker process on `env`'s vhost, sandbox and ledger.
-fn spawn_worker_process(env: &TestEnv) -> Child {
-    let s = &env.settings;
-    Command::new(env!("CARGO_BIN_EXE_onboarding-worker"))
-        .arg("run")
-        .env("ONBOARDING__AMQP__URL", s.amqp.url.expose())
-        .env("ONBOARDING__LEDGER__URL", s.ledger.url.expose())
-        .env("ONBOARDING__METRICS__LISTEN", "127.0.0.1:0")
-        .env("ONBOARDING__WORKER__LEASE_MARGIN_MS", "500")
-        .env(
-            "ONBOARDING__PROVIDERS__SHARESPINE__BASE_URL",
-            &s.providers.sharespine.base_url,
-        )
-        .env(
-            "ONBOARDING__PROVIDERS__SHARESPINE__CALLS__TIMEOUT_MS",
-            "1500",
-        )
-        .env(
-            "ONBOARDING__PROVIDERS__SHARESPINE__CALLS__RETRY_BASE_MS",
-            "50",
-        )
-        .env(
-            "ONBOARDING__PROVIDERS__SHARESPINE__CALLS__RETRY_CAP_MS",
-            "400",
-        )
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the built binary starts")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_flight_is_replaced_and_the_onboarding_completes_without_a_second_create(
@@ -246,7 +215,7 @@ async fn a_worker_killed_mid_flight_is_replaced_and_the_onboarding_completes_wit
         .sharespine
         .knobs
         .set_latency(Duration::from_millis(300));
-    let mut first = spawn_worker_process(&env);
+    let mut first = spawn_worker_process(&env, &[], None);
     env.publish(&sharespine_request(
         "killed-1",
         "killed",
@@ -260,7 +229,7 @@ async fn a_worker_killed_mid_flight_is_replaced_and_the_onboarding_completes_wit
     .await;
     first.kill().expect("SIGKILL");
     first.wait().unwrap();
-    let mut second = spawn_worker_process(&env);
+    let mut second = spawn_worker_process(&env, &[], None);
     let done = env.final_event("killed-1", Duration::from_secs(60)).await;
     second.kill().ok();
     second.wait().ok();
