@@ -469,7 +469,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
 
     // (1) + (2): ceiling and worker throughput, same chains and prefetch.
     eprintln!(
-        "[1/5] broker ceiling: {} chains, prefetch {}, {} s",
+        "[1/6] broker ceiling: {} chains, prefetch {}, {} s",
         args.concurrency,
         args.concurrency,
         sizes.ceiling.as_secs()
@@ -498,7 +498,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let hop_ms = percentile(&hops, 0.5);
 
     eprintln!(
-        "[2/5] worker throughput: {} Sharespine onboardings at zero provider latency",
+        "[2/6] worker throughput: {} Sharespine onboardings at zero provider latency",
         sizes.onboardings
     );
     let dir = tempfile::tempdir()?;
@@ -537,7 +537,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
 
     // (3) latency, one at a time.
     eprintln!(
-        "[3/5] latency: {} onboardings one at a time",
+        "[3/6] latency: {} onboardings one at a time",
         sizes.latency_runs
     );
     events.drain_pending(Duration::from_millis(300)).await;
@@ -571,7 +571,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     // (4) waiting costs nothing. The worker runs as a process of its own (the
     // sandbox too), so its RSS and its runtime's alive tasks are its own.
     eprintln!(
-        "[4/5] waiting: {} ComputeStacks onboardings waiting on orders that take 30 minutes",
+        "[4/6] waiting: {} ComputeStacks onboardings waiting on orders that take 30 minutes",
         sizes.waiting
     );
     let vhost = Vhost::new(&args.management).await?;
@@ -661,11 +661,22 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     // (5) scale-out on a latency-bound load.
     let latency_ms = 100;
     let per_worker = 4;
-    eprintln!("[5/5] scale-out: {} onboardings, {latency_ms} ms provider latency, {per_worker} steps in flight per worker", sizes.scaleout);
+    eprintln!("[5/6] scale-out: {} onboardings, {latency_ms} ms provider latency, {per_worker} steps in flight per worker", sizes.scaleout);
     let one = scaleout_run(&args, 1, sizes.scaleout, latency_ms, per_worker).await?;
     let two = scaleout_run(&args, 2, sizes.scaleout, latency_ms, per_worker).await?;
     let scaleout_ratio = two / one;
     eprintln!("      one worker {one:.1} steps/s, two {two:.1} steps/s: {scaleout_ratio:.2}×");
+
+    let commits = if args.quick { 200 } else { 2_000 };
+    eprintln!(
+        "[6/6] ledger durability: {commits} SQLite commits (WAL), synchronous NORMAL vs FULL"
+    );
+    let normal_ms = sqlite_commit_ms(sqlx::sqlite::SqliteSynchronous::Normal, commits).await?;
+    let full_ms = sqlite_commit_ms(sqlx::sqlite::SqliteSynchronous::Full, commits).await?;
+    eprintln!(
+        "      NORMAL {normal_ms:.3} ms per commit, FULL {full_ms:.3} ms ({:.2}×)",
+        full_ms / normal_ms
+    );
 
     let mut add = |key: &str, label: &str, value: f64, target: Option<(&str, bool)>| {
         figures.insert(key.into(), json!(value));
@@ -765,6 +776,25 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         Some(("≥ 1.8", scaleout_ratio >= 1.8)),
     );
 
+    add(
+        "sqlite_commit_normal_ms",
+        "SQLite commit, synchronous NORMAL (ms)",
+        normal_ms,
+        None,
+    );
+    add(
+        "sqlite_commit_full_ms",
+        "SQLite commit, synchronous FULL (ms)",
+        full_ms,
+        None,
+    );
+    add(
+        "sqlite_full_cost",
+        "FULL / NORMAL per commit",
+        full_ms / normal_ms,
+        None,
+    );
+
     println!(
         "{:<42} {:>12} {:>16} {:>5}",
         "FIGURE", "VALUE", "TARGET", "MET"
@@ -776,6 +806,35 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         println!("{}", Value::Object(figures));
     }
     Ok(())
+}
+
+/// Mean time of one single-row commit to a fresh WAL SQLite file with
+/// `synchronous` as given: the ledger's cost of durability (it runs FULL, so
+/// that a recorded create survives a power cut).
+async fn sqlite_commit_ms(
+    synchronous: sqlx::sqlite::SqliteSynchronous,
+    commits: u32,
+) -> anyhow::Result<f64> {
+    use sqlx::ConnectOptions;
+    let dir = tempfile::tempdir()?;
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join("durability.sqlite"))
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(synchronous)
+        .connect()
+        .await?;
+    sqlx::query("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        .execute(&mut conn)
+        .await?;
+    let started = Instant::now();
+    for k in 0..commits {
+        sqlx::query("INSERT INTO t (k, v) VALUES (?, 'a recorded step')")
+            .bind(k)
+            .execute(&mut conn)
+            .await?;
+    }
+    Ok(started.elapsed().as_secs_f64() * 1000.0 / commits as f64)
 }
 
 async fn delay_depth(admin: &Admin) -> anyhow::Result<u32> {
