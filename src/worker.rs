@@ -78,6 +78,7 @@ impl Worker {
         let sampler = tokio::spawn(sample_gauges(
             ledger.clone(),
             metrics.clone(),
+            health.clone(),
             shutdown.clone(),
         ));
         let broker_settings = BrokerSettings {
@@ -117,15 +118,31 @@ impl Worker {
     }
 }
 
-/// Samples the gauges that are not counted as things happen, every 5 s.
-async fn sample_gauges(ledger: Arc<dyn Ledger>, metrics: Metrics, shutdown: CancellationToken) {
+/// Samples the gauges that are not counted as things happen, every 5 s; the
+/// same read tells an idle worker's `/readyz` whether the ledger answers.
+async fn sample_gauges(
+    ledger: Arc<dyn Ledger>,
+    metrics: Metrics,
+    health: Health,
+    shutdown: CancellationToken,
+) {
     loop {
         match ledger.counts().await {
             Ok((running, waiting)) => {
                 metrics.onboardings_running.set(running);
                 metrics.onboardings_waiting.set(waiting);
+                if health.ledger_down() {
+                    health.set_ledger_down(false);
+                    metrics.ledger_unreachable.set(0);
+                }
             }
-            Err(e) => warn!(error.message = %e, "could not sample the ledger"),
+            Err(e) => {
+                if e.is_outage() {
+                    health.set_ledger_down(true);
+                    metrics.ledger_unreachable.set(1);
+                }
+                warn!(error.message = %e, "could not sample the ledger");
+            }
         }
         metrics.runtime_alive_tasks.set(
             tokio::runtime::Handle::current()

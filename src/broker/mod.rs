@@ -24,8 +24,8 @@ use async_trait::async_trait;
 use backon::BackoffBuilder;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions,
 };
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -291,12 +291,12 @@ impl Transport for AmqpTransport {
         provider: ProviderId,
         until_ms: i64,
     ) -> Result<(), TransportError> {
+        let left = (until_ms - crate::ledger::now_ms()).max(1);
         let body = serde_json::to_vec(&crate::engine::pauses::PauseMessage {
             provider: provider.as_str().into(),
-            until_ms,
+            for_ms: left,
         })
         .expect("serialises");
-        let left = (until_ms - crate::ledger::now_ms()).max(1);
         // Transient, and gone once the pause is over: a worker that starts
         // later would find nothing to hold.
         let props = BasicProperties::default()
@@ -537,7 +537,7 @@ impl Source {
 fn on_control(engine: &Engine, body: &[u8]) {
     match serde_json::from_slice::<crate::engine::pauses::PauseMessage>(body) {
         Ok(p) => match ProviderId::parse(&p.provider) {
-            Some(provider) => engine.pause_provider(provider, p.until_ms),
+            Some(provider) => engine.pause_provider(provider, p.until_ms()),
             None => warn!(provider = %p.provider, "pause for an unknown provider ignored"),
         },
         Err(e) => {
@@ -560,6 +560,9 @@ pub async fn run(
     for n in &nodes {
         metrics.broker_node.with_label_values(&[n]).set(0);
     }
+    // Every delivery's handler, across sessions: all are waited for at shutdown.
+    let tracker = TaskTracker::new();
+    let mut settled = false;
     // The node to try next, and how many have failed in a row.
     let mut node = 0;
     let mut failed_in_a_row = 0;
@@ -572,6 +575,7 @@ pub async fn run(
             &settings,
             &settings.urls[node],
             &nodes[node],
+            &tracker,
             &engine,
             &health,
             &metrics,
@@ -587,7 +591,11 @@ pub async fn run(
             backoff = new_backoff(&settings);
         }
         match outcome {
-            Ok(()) => break, // shut down cleanly
+            Ok(()) => {
+                // Shut down cleanly; the session settled every handler.
+                settled = true;
+                break;
+            }
             Err((reason, e)) => {
                 health.set_ready(false);
                 health.set_node(None);
@@ -620,6 +628,10 @@ pub async fn run(
     health.set_ready(false);
     health.set_node(None);
     metrics.broker_connected.set(0);
+    if !settled {
+        // Stopped while reconnecting: handlers of earlier sessions may still run.
+        settle(&tracker, settings.shutdown_grace).await;
+    }
 }
 
 /// `host:port` of a broker URL: how logs, `/readyz` and the
@@ -647,10 +659,12 @@ fn new_backoff(s: &BrokerSettings) -> impl Iterator<Item = Duration> {
 
 /// One connection's life: declare, consume, hand deliveries to the engine.
 /// `Ok` after a clean shutdown, `Err` with the reason when the session failed.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     settings: &BrokerSettings,
     url: &str,
     node: &str,
+    tracker: &TaskTracker,
     engine: &Engine,
     health: &Health,
     metrics: &Metrics,
@@ -766,7 +780,6 @@ async fn session(
     let mut watchdog = tokio::time::interval(CHANNEL_CHECK_EVERY);
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    let tracker = TaskTracker::new();
     let failure = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break None,
@@ -809,7 +822,6 @@ async fn session(
         // the broker at once (in-flight handlers then fail to ack); the ledger
         // makes their redelivery harmless. A half-broken connection left open
         // would keep its consumers' messages.
-        tracker.close();
         let _ = conn.close(200, "session failed; reconnecting".into()).await;
         return Err(failure);
     }
@@ -820,19 +832,23 @@ async fn session(
             .await;
     }
     drop(deliveries);
-    tracker.close();
-    if tokio::time::timeout(settings.shutdown_grace, tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            grace_ms = settings.shutdown_grace.as_millis() as u64,
-            "grace period over; unsettled deliveries go back to the queue"
-        );
-    }
+    settle(tracker, settings.shutdown_grace).await;
     let _ = conn.close(200, "shutdown".into()).await;
     info!("broker connection closed");
     Ok(())
+}
+
+/// Waits up to `grace` for every handler still running: this session's and
+/// those of earlier sessions (a handler outlives its failed session, perhaps
+/// mid-call to a provider).
+async fn settle(tracker: &TaskTracker, grace: Duration) {
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!(
+            grace_ms = grace.as_millis() as u64,
+            "grace period over; unsettled deliveries go back to the queue"
+        );
+    }
 }
 
 /// Publishing channels at most, whatever the prefetch settings.
@@ -913,12 +929,12 @@ impl Handler {
             },
             Err(e) => {
                 error!(error.message = %e, queue = %source.queue(), deliveries = count + 1, "could not finish handling a message; it goes back to its queue");
+                // basic.reject, not nack: from RabbitMQ 4.3 a requeueing nack
+                // no longer counts as a delivery, and the delivery count is
+                // what ends a message that keeps failing.
                 let _ = delivery
                     .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
+                    .reject(BasicRejectOptions { requeue: true })
                     .await;
             }
         }

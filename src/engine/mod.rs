@@ -56,6 +56,10 @@ pub enum EngineError {
     /// worker that has it (the delivery limit ends the loop in `onboarding.dead`).
     #[error("step message for request {0:?}, which this worker's ledger does not hold (are all workers on one ledger?)")]
     UnknownRequest(String),
+    /// Another copy took this step's lease while it ran (this worker was
+    /// taken for gone): it publishes nothing and leaves the step to that copy.
+    #[error("the step's lease was taken over by another copy while it ran")]
+    LeaseLost,
 }
 
 impl EngineError {
@@ -152,6 +156,10 @@ pub struct Engine {
     settings: EngineSettings,
     pauses: pauses::ProviderPauses,
 }
+
+/// How long a claimer waits before asking again whether a lease's holder is
+/// gone: longer than a live worker takes to retake its liveness lock.
+const HOLDER_RECHECK: Duration = Duration::from_secs(2);
 
 /// A delay tier may deliver this much early and the step still runs.
 const EARLY_TOLERANCE_MS: i64 = 25;
@@ -504,7 +512,7 @@ impl Engine {
         let provider = self.provider(provider_id).clone();
         let owner = format!("{}/{}", self.ledger.worker_id(), uuid::Uuid::new_v4());
         let lease = provider.call_timeout() + self.settings.lease_margin;
-        let mut asked_holder = false;
+        let mut took_over = false;
         let (record, interrupted) = loop {
             match self
                 .ledger
@@ -524,16 +532,29 @@ impl Engine {
                     return Ok(());
                 }
                 // A holder whose worker is gone (killed, its host lost) need
-                // not be waited out: its lease is left as expired and claimed
-                // again at once, marked as a possible repeat. A live holder,
+                // not be waited out: asked twice, 2 s apart (a live worker
+                // whose liveness lock a database restart dropped takes it
+                // again within a second), its lease is left as expired and
+                // claimed again, marked as a possible repeat. A live holder,
                 // however slow, keeps it (it renews it).
                 Claim::Busy { holder, .. }
-                    if !asked_holder && !self.ledger.holder_alive(&holder).await? =>
+                    if !took_over && !self.ledger.holder_alive(&holder).await? =>
                 {
-                    asked_holder = true;
-                    info!("the lease's holder is gone: taking its step over now");
-                    self.metrics.lease_takeovers_total.inc();
-                    self.ledger.abandon(&m.request_id, &holder).await?;
+                    if m.gone_holder.as_deref() == Some(holder.as_str()) {
+                        took_over = true;
+                        info!("the lease's holder is gone: taking its step over now");
+                        self.metrics.lease_takeovers_total.inc();
+                        self.ledger.abandon(&m.request_id, &holder).await?;
+                    } else {
+                        debug!("the lease's holder looks gone: asking again in 2 s");
+                        let again = StepMessage {
+                            gone_holder: Some(holder),
+                            ..m
+                        };
+                        t.publish_step(provider_id, again.to_bytes(), HOLDER_RECHECK)
+                            .await?;
+                        return Ok(());
+                    }
                 }
                 Claim::Busy { until_ms, .. } => {
                     debug!("another copy holds the lease; waiting in a delay queue");
@@ -551,6 +572,7 @@ impl Engine {
         let original = m.clone();
         let announced = AtomicBool::new(false);
         let called = AtomicBool::new(false);
+        let lease_lost = AtomicBool::new(false);
         let run = StepRun {
             engine: self,
             t,
@@ -562,6 +584,7 @@ impl Engine {
             interrupted,
             announced: &announced,
             called: &called,
+            lease_lost: &lease_lost,
         };
         // The lease is renewed while the step runs, well inside its length,
         // so a slow call or a slow ledger never lets a second copy in.
@@ -571,15 +594,22 @@ impl Engine {
             tokio::select! {
                 r = &mut go => break r,
                 _ = tokio::time::sleep(lease / 3) => {
-                    self.renew_lease(&original, &owner, lease).await;
+                    if !self.renew_lease(&original, &owner, lease).await {
+                        lease_lost.store(true, Ordering::SeqCst);
+                    }
                 }
             }
         };
         match result {
             Err(EngineError::Transport(TransportError::Nacked)) => {
-                let announce = original.announce && !announced.load(Ordering::SeqCst);
-                self.hold_back(t, provider_id, original, announce, &owner)
-                    .await
+                let held = StepMessage {
+                    announce: original.announce && !announced.load(Ordering::SeqCst),
+                    // The call was made and, unless its outcome was recorded
+                    // (then the step is skipped), may have acted.
+                    uncertain: original.uncertain || called.load(Ordering::SeqCst),
+                    ..original
+                };
+                self.hold_back(t, provider_id, held, &owner).await
             }
             Err(e) => {
                 // The message goes back to the queue. If the provider may
@@ -606,13 +636,23 @@ impl Engine {
         }
     }
 
-    async fn renew_lease(&self, m: &StepMessage, owner: &str, lease: Duration) {
+    /// Renews the lease; `false` when it is no longer this step's (its
+    /// successor took it over, or another copy took it while the ledger was
+    /// away or this worker was taken for gone).
+    async fn renew_lease(&self, m: &StepMessage, owner: &str, lease: Duration) -> bool {
         match self.ledger.renew(&m.request_id, owner, lease).await {
-            Ok(true) => debug!("lease renewed"),
-            Ok(false) => {
-                debug!("the lease is no longer this step's: its successor took it over, or it ran out while the ledger was away")
+            Ok(true) => {
+                debug!("lease renewed");
+                true
             }
-            Err(e) => warn!(error.message = %e, "could not renew the lease; trying again"),
+            Ok(false) => {
+                debug!("the lease is no longer this step's");
+                false
+            }
+            Err(e) => {
+                warn!(error.message = %e, "could not renew the lease; trying again");
+                true
+            }
         }
     }
 
@@ -627,7 +667,6 @@ impl Engine {
         t: &dyn Transport,
         provider_id: ProviderId,
         m: StepMessage,
-        announce: bool,
         owner: &str,
     ) -> Result<(), EngineError> {
         let held = m.held + 1;
@@ -645,7 +684,6 @@ impl Engine {
         let again = StepMessage {
             seq: m.seq + 1,
             held,
-            announce,
             not_before_ms: Some(due),
             ..m
         };
@@ -699,9 +737,14 @@ impl Engine {
         let span =
             tracing::info_span!("give_up", request_id = request_id.as_deref().unwrap_or("-"));
         async {
+            // A request that already ended has had its final event: a stray
+            // message of it is only kept, with the reason, and no `failed`
+            // contradicts its end.
+            let ended = record.as_ref().is_some_and(|r| r.status != Status::Running);
             let Some(record) = record.filter(|r| r.status == Status::Running) else {
                 // Not a request the ledger holds running: keep the message
-                // itself, with the reason, and announce the failure.
+                // itself, with the reason, and (unless its request already
+                // ended) announce the failure.
                 let provider = ProviderId::parse(&request_provider(msg.body));
                 let invalid = Invalid {
                     request_id: request_id.clone(),
@@ -712,7 +755,9 @@ impl Engine {
                 let event = Event::new(EventKind::Failed, request_id.as_deref(), provider, None)
                     .failed(ErrorKind::Exhausted, None, None, message.clone());
                 warn!(error.message = %message, "giving up on a message that keeps failing");
-                self.publish_event(t, &event).await?;
+                if !ended {
+                    self.publish_event(t, &event).await?;
+                }
                 let reason = DeadReason {
                     kind: ErrorKind::Exhausted,
                     ..front_door::dead_reason(&invalid)
@@ -803,6 +848,7 @@ fn first_step(request_id: &str, provider: ProviderId) -> StepMessage {
         uncertain: false,
         announce: false,
         held: 0,
+        gone_holder: None,
     }
 }
 
@@ -822,6 +868,9 @@ struct StepRun<'a> {
     /// Set when the provider was called: from then on a failure leaves the
     /// outcome unknown.
     called: &'a AtomicBool,
+    /// Set when a renewal found the lease taken by another copy: this run
+    /// then publishes nothing, leaving the step to that copy.
+    lease_lost: &'a AtomicBool,
 }
 
 /// What a step came to, classified once.
@@ -945,6 +994,9 @@ impl StepRun<'_> {
                 all_outputs.extend(outputs);
                 let mut all_secrets = self.record.secrets.clone();
                 all_secrets.extend(secrets);
+                if self.lease_lost.load(Ordering::SeqCst) {
+                    return Err(EngineError::LeaseLost);
+                }
                 let mut step_event = self.event(EventKind::StepCompleted);
                 step_event.step = Some(step.name.into());
                 step_event.step_index = step.index;
@@ -969,6 +1021,7 @@ impl StepRun<'_> {
                     uncertain: false,
                     announce: false,
                     held: 0,
+                    gone_holder: None,
                     ..self.m.clone()
                 };
                 // The event is confirmed before the successor exists: once
@@ -1002,6 +1055,7 @@ impl StepRun<'_> {
                     not_before_ms: Some(due),
                     announce: false,
                     held: 0,
+                    gone_holder: None,
                     ..self.m.clone()
                 };
                 self.t

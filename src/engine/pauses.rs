@@ -43,11 +43,22 @@ impl ProviderPauses {
     }
 }
 
-/// The message every worker sees: `{"provider": "...", "until_ms": ...}`.
+/// The message every worker sees: `{"provider": "...", "for_ms": ...}`. The
+/// pause's length, not its end: hosts' clocks differ.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PauseMessage {
     pub provider: String,
-    pub until_ms: i64,
+    pub for_ms: i64,
+}
+
+/// The longest pause a worker takes from another's message.
+pub const MAX_PAUSE_MS: i64 = 3_600_000;
+
+impl PauseMessage {
+    /// When the pause ends on this host's clock (at most [`MAX_PAUSE_MS`] away).
+    pub fn until_ms(&self) -> i64 {
+        now_ms() + self.for_ms.clamp(0, MAX_PAUSE_MS)
+    }
 }
 
 #[cfg(test)]

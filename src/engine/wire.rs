@@ -382,6 +382,11 @@ pub struct StepMessage {
     /// a row; the onboarding is held back longer each time.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub held: u32,
+    /// The lease holder this message found gone once: taken over if it is
+    /// still gone when asked again, a moment later (a database restart drops
+    /// every worker's liveness lock until the worker takes it again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gone_holder: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -644,6 +649,7 @@ mod tests {
             uncertain: false,
             announce: false,
             held: 0,
+            gone_holder: None,
         };
         assert_eq!(
             serde_json::from_slice::<StepMessage>(&m.to_bytes()).unwrap(),
@@ -793,6 +799,7 @@ mod properties {
             let m = StepMessage {
                 request_id, provider, seq, step, attempt, polls,
                 poll_deadline_ms, poll_state, not_before_ms, uncertain, announce, held,
+                gone_holder: None,
             };
             let back: StepMessage = serde_json::from_slice(&m.to_bytes()).unwrap();
             prop_assert_eq!(back, m);
@@ -850,6 +857,7 @@ mod properties {
             uncertain: false,
             announce: false,
             held: 0,
+            gone_holder: None,
         };
         let back: StepMessage = serde_json::from_slice(&m.to_bytes()).unwrap();
         assert_eq!(back.poll_state, Some(Value::Null));

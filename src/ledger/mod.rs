@@ -43,8 +43,32 @@ pub enum LedgerError {
 impl LedgerError {
     /// The database could not be reached or did not answer (as opposed to
     /// data it holds being wrong, or a bad URL).
+    ///
+    /// Only connection-level failures count: the database unreachable, a
+    /// broken or refused connection, a pool that could not hand one out, a
+    /// server shutting down (SQLSTATE classes 08 and 57P). A database that
+    /// answers but refuses the work (read-only, disk full, constraint) is not
+    /// an outage: pausing until `SELECT 1` answers would not help it, so it
+    /// takes the ordinary path of a failing message (back-off, then give up).
     pub fn is_outage(&self) -> bool {
-        matches!(self, LedgerError::Database(_) | LedgerError::Batch(_))
+        match self {
+            LedgerError::Database(e) => sqlx_outage(e),
+            _ => false,
+        }
+    }
+}
+
+fn sqlx_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
     }
 }
 

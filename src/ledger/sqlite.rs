@@ -86,7 +86,8 @@ pub struct SqliteLedger {
     /// Claims and step records, the two writes of every step, go to one task
     /// that writes all those waiting in one statement each (group commit).
     batch: mpsc::UnboundedSender<BatchOp>,
-    /// `host:<name>:pid:<pid>:<start time>`: the process, findable in `/proc`.
+    /// `host:<name>:pidns:<inode>:pid:<pid>:<start time>`: the process,
+    /// findable in `/proc` from the same host and pid namespace.
     worker_id: String,
 }
 
@@ -94,6 +95,19 @@ pub struct SqliteLedger {
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// This process's pid namespace (the inode of `/proc/self/ns/pid`): pids are
+/// only comparable within one (containers sharing a host name may not share it).
+fn pid_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| {
+            p.to_string_lossy()
+                .trim_start_matches("pid:")
+                .trim_matches(['[', ']'])
+                .to_string()
+        })
         .unwrap_or_default()
 }
 
@@ -108,14 +122,16 @@ fn process_start(pid: u32) -> Option<u64> {
 }
 
 /// Whether the process named in a lease owner written by [`SqliteLedger`]
-/// still runs; `true` when the owner names another host or no process.
-fn sqlite_holder_alive(owner: &str, this_host: &str) -> bool {
+/// still runs; `true` whenever it cannot be told: another host or pid
+/// namespace, an owner of another form, or a `/proc` that hides other
+/// processes (`hidepid`: then even pid 1 is not to be seen).
+fn sqlite_holder_alive(owner: &str, this_host: &str, this_pidns: &str) -> bool {
     let id = owner.split('/').next().unwrap_or_default();
     let parts: Vec<&str> = id.split(':').collect();
-    let ["host", host, "pid", pid, start] = parts.as_slice() else {
+    let ["host", host, "pidns", pidns, "pid", pid, start] = parts.as_slice() else {
         return true;
     };
-    if *host != this_host {
+    if *host != this_host || *pidns != this_pidns || process_start(1).is_none() {
         return true;
     }
     let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else {
@@ -363,8 +379,9 @@ impl SqliteLedger {
         tokio::spawn(batch_writer(pool.clone(), write.clone(), rx));
         let pid = std::process::id();
         let worker_id = format!(
-            "host:{}:pid:{pid}:{}",
+            "host:{}:pidns:{}:pid:{pid}:{}",
             host_name(),
+            pid_namespace(),
             process_start(pid).unwrap_or(0)
         );
         Ok(SqliteLedger {
@@ -652,7 +669,7 @@ impl Ledger for SqliteLedger {
     }
 
     async fn holder_alive(&self, owner: &str) -> Result<bool, LedgerError> {
-        Ok(sqlite_holder_alive(owner, &host_name()))
+        Ok(sqlite_holder_alive(owner, &host_name(), &pid_namespace()))
     }
 
     async fn redrive(&self, request_id: &str) -> Result<Option<RequestRecord>, LedgerError> {

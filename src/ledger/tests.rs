@@ -405,12 +405,15 @@ async fn a_live_worker_s_lease_holder_is_alive_and_a_gone_one_is_not(s: Store) {
     let gone = if l.worker_id().starts_with("pg:") {
         "pg:12345/claim-3".to_string()
     } else {
-        let id = l.worker_id();
-        let host = id.split(':').nth(1).unwrap();
-        format!("host:{host}:pid:0:1/claim-3")
+        let parts: Vec<&str> = l.worker_id().split(':').collect();
+        format!("host:{}:pidns:{}:pid:0:1/claim-3", parts[1], parts[3])
     };
     assert!(!l.holder_alive(&gone).await.unwrap(), "{gone} is gone");
-    for unknown in ["3f1e-uuid-of-an-older-version", "host:elsewhere:pid:1:1/x"] {
+    for unknown in [
+        "3f1e-uuid-of-an-older-version",
+        "host:elsewhere:pidns:1:pid:1:1/x",
+        "host:here:pid:1:1/an-older-form",
+    ] {
         assert!(
             l.holder_alive(unknown).await.unwrap(),
             "{unknown}: cannot be told, so alive"

@@ -42,8 +42,10 @@ where
             Err(e @ (LedgerError::Database(_) | LedgerError::Batch(_)))
                 if started.elapsed() < RETRY_FOR =>
             {
-                health.set_ledger_down(true);
-                metrics.ledger_unreachable.set(1);
+                if e.is_outage() {
+                    health.set_ledger_down(true);
+                    metrics.ledger_unreachable.set(1);
+                }
                 tracing::warn!(op = what, error.message = %e, retry_in_ms = pause.as_millis() as u64, "ledger operation failed; retrying");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
