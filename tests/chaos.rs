@@ -546,67 +546,11 @@ fn label(labels: &str, key: &str) -> Option<String> {
 /// The environment that points a worker process at this run's broker,
 /// ledger and sandbox, with short timeouts, retries and polls.
 fn worker_env(env: &TestEnv, ledger_url: &str) -> Vec<(String, String)> {
-    let p = &env.settings.providers;
-    let mut vars: Vec<(String, String)> = vec![
-        (
-            "ONBOARDING__AMQP__URL".into(),
-            env.settings.amqp.url.expose().to_string(),
-        ),
-        ("ONBOARDING__AMQP__RECONNECT_MIN_MS".into(), "100".into()),
-        ("ONBOARDING__AMQP__RECONNECT_MAX_MS".into(), "1000".into()),
-        ("ONBOARDING__LEDGER__URL".into(), ledger_url.to_string()),
-        ("ONBOARDING__WORKER__LEASE_MARGIN_MS".into(), "500".into()),
-        (
-            "ONBOARDING__PROVIDERS__SHARESPINE__BASE_URL".into(),
-            p.sharespine.base_url.clone(),
-        ),
-        (
-            "ONBOARDING__PROVIDERS__COMPUTESTACKS__BASE_URL".into(),
-            p.computestacks.base_url.clone(),
-        ),
-        (
-            "ONBOARDING__PROVIDERS__MAGENTO_BI__API_BASE".into(),
-            p.magento_bi.api_base.clone(),
-        ),
-        (
-            "ONBOARDING__PROVIDERS__MAGENTO_BI__DASHBOARD_BASE".into(),
-            p.magento_bi.dashboard_base.clone(),
-        ),
-        (
-            "RUST_LOG".into(),
-            "info,onboarding_worker=debug,sqlx=warn,lapin=warn".into(),
-        ),
-    ];
-    for provider in ["SHARESPINE", "COMPUTESTACKS", "MAGENTO_BI"] {
-        for (key, value) in [
-            ("TIMEOUT_MS", "1500"),
-            ("RETRY_BASE_MS", "50"),
-            ("RETRY_CAP_MS", "400"),
-        ] {
-            vars.push((
-                format!("ONBOARDING__PROVIDERS__{provider}__CALLS__{key}"),
-                value.into(),
-            ));
-        }
-    }
-    for (provider, step) in [
-        ("COMPUTESTACKS", "POLL_ORDER"),
-        ("MAGENTO_BI", "POLL_SIGNUP"),
-        ("MAGENTO_BI", "POLL_CONNECTION"),
-        ("MAGENTO_BI", "POLL_CONNECTION_TEST"),
-        ("MAGENTO_BI", "POLL_DASHBOARDS"),
-    ] {
-        for (key, value) in [
-            ("INTERVAL_MS", "200"),
-            ("MAX_INTERVAL_MS", "500"),
-            ("DEADLINE_MS", "60000"),
-        ] {
-            vars.push((
-                format!("ONBOARDING__PROVIDERS__{provider}__POLLS__{step}__{key}"),
-                value.into(),
-            ));
-        }
-    }
+    let mut vars = worker_process_env(&env.settings, ledger_url, 1500);
+    vars.push((
+        "ONBOARDING__AMQP__URL".into(),
+        env.settings.amqp.url.expose().to_string(),
+    ));
     vars
 }
 

@@ -227,56 +227,13 @@ impl Drop for Workers {
 /// The environment of a worker process on the cluster (`urls` in this
 /// order), the ledger and the sandbox, with short timeouts, retries, polls.
 fn worker_env(settings: &Settings, ledger_url: &str, urls: &[String]) -> Vec<(String, String)> {
-    let p = &settings.providers;
-    let mut vars: Vec<(String, String)> = vec![
-        ("ONBOARDING__AMQP__URLS".into(), urls.join(",")),
-        ("ONBOARDING__AMQP__RECONNECT_MIN_MS".into(), "100".into()),
-        ("ONBOARDING__AMQP__RECONNECT_MAX_MS".into(), "1000".into()),
-        ("ONBOARDING__LEDGER__URL".into(), ledger_url.to_string()),
-        ("ONBOARDING__WORKER__LEASE_MARGIN_MS".into(), "500".into()),
-        (
-            "ONBOARDING__PROVIDERS__SHARESPINE__BASE_URL".into(),
-            p.sharespine.base_url.clone(),
-        ),
-        (
-            "ONBOARDING__PROVIDERS__COMPUTESTACKS__BASE_URL".into(),
-            p.computestacks.base_url.clone(),
-        ),
-        (
-            "ONBOARDING__PROVIDERS__MAGENTO_BI__API_BASE".into(),
-            p.magento_bi.api_base.clone(),
-        ),
-        (
-            "ONBOARDING__PROVIDERS__MAGENTO_BI__DASHBOARD_BASE".into(),
-            p.magento_bi.dashboard_base.clone(),
-        ),
-        (
-            "RUST_LOG".into(),
-            "info,onboarding_worker=debug,sqlx=warn,lapin=info".into(),
-        ),
-    ];
+    let mut vars = worker_process_env(settings, ledger_url, 3000);
+    vars.push(("ONBOARDING__AMQP__URLS".into(), urls.join(",")));
     for provider in ["SHARESPINE", "COMPUTESTACKS", "MAGENTO_BI"] {
-        for (key, value) in [
-            ("TIMEOUT_MS", "3000"),
-            ("RETRY_BASE_MS", "50"),
-            ("RETRY_CAP_MS", "400"),
-            // Two steps at a time per worker, so the load outlasts the stop.
-            ("CONCURRENCY", "2"),
-        ] {
-            vars.push((
-                format!("ONBOARDING__PROVIDERS__{provider}__CALLS__{key}"),
-                value.into(),
-            ));
-        }
-    }
-    for (key, value) in [
-        ("INTERVAL_MS", "200"),
-        ("MAX_INTERVAL_MS", "500"),
-        ("DEADLINE_MS", "60000"),
-    ] {
+        // Two steps at a time per worker, so the load outlasts the stop.
         vars.push((
-            format!("ONBOARDING__PROVIDERS__COMPUTESTACKS__POLLS__POLL_ORDER__{key}"),
-            value.into(),
+            format!("ONBOARDING__PROVIDERS__{provider}__CALLS__CONCURRENCY"),
+            "2".into(),
         ));
     }
     vars

@@ -65,3 +65,43 @@ pub fn retry_policy(c: &crate::config::CallSettings) -> crate::engine::step::Ret
         cap: Duration::from_millis(c.retry_cap_ms),
     }
 }
+
+/// What a JSON value is, for a message: its shape and, for an object, up to six
+/// field names (names only, and only when they look like names). Never a value.
+pub fn describe(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "null".into(),
+        serde_json::Value::Bool(_) => "a boolean".into(),
+        serde_json::Value::Number(_) => "a number".into(),
+        serde_json::Value::String(_) => "a string".into(),
+        serde_json::Value::Array(items) => list_of(items.len()),
+        serde_json::Value::Object(map) if map.is_empty() => "an empty object".into(),
+        serde_json::Value::Object(map) => {
+            let names: Vec<&str> = map
+                .keys()
+                .filter(|k| {
+                    k.len() <= 40
+                        && k.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                })
+                .map(String::as_str)
+                .take(6)
+                .collect();
+            let more = if map.len() > names.len() { ", ..." } else { "" };
+            if names.is_empty() {
+                format!("an object with {} fields", map.len())
+            } else {
+                format!("an object with fields {}{more}", names.join(", "))
+            }
+        }
+    }
+}
+
+/// "an empty list", "a list of 1 item", "a list of N items".
+pub fn list_of(n: usize) -> String {
+    match n {
+        0 => "an empty list".into(),
+        1 => "a list of 1 item".into(),
+        n => format!("a list of {n} items"),
+    }
+}

@@ -227,15 +227,25 @@ async fn status_shows_completed_failed_waiting_and_unknown_requests() {
     );
     assert!(text(&run(&env, &["status", "st-waiting"]).await).contains("waiting"));
 
-    // Running: a step's call in progress (the provider hangs a while).
-    env.sandbox.sharespine.knobs.inject(FaultRule {
+    // Running: a step's call in progress (the provider hangs a while). On
+    // ComputeStacks: Sharespine's steps are all held by its 30 s rate limit.
+    env.sandbox.computestacks.knobs.inject(FaultRule {
         method: Some("POST".into()),
-        path_contains: "/reseller/tenant".into(),
+        path_contains: "/api/admin/users".into(),
         fault: Fault::Hang { ms: 1200 },
         times: 1,
     });
-    env.publish(&sharespine_request("st-running", "strunning", &[], None))
-        .await;
+    env.publish(&serde_json::json!({
+        "request_id": "st-running", "provider": "computestacks", "operation": "onboard",
+        "input": {
+            "user": {"fname": "Ada", "lname": "Lovelace", "email": "ada@example.test",
+                     "password": "pw-Zq7-secret", "password_confirmation": "pw-Zq7-secret"},
+            "api_credential": {"name": "billing"},
+            "order": {"project_name": "site-running", "location_id": 1,
+                      "containers": [{"image_id": 4, "resources": {"product_id": 1}, "params": [], "domains": []}]}
+        }
+    }))
+    .await;
     env.wait_event(Duration::from_secs(30), |e| {
         e["request_id"] == "st-running" && e["event"] == "accepted"
     })
@@ -244,7 +254,7 @@ async fn status_shows_completed_failed_waiting_and_unknown_requests() {
     let out = run(&env, &["status", "st-running", "--json"]).await;
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["status"], "running", "{v:#}");
-    assert_eq!(v["current_step"], "create_tenant", "{v:#}");
+    assert_eq!(v["current_step"], "create_user", "{v:#}");
     assert!(v["waiting_until"].is_null(), "running, not waiting: {v:#}");
     assert!(text(&run(&env, &["status", "st-running"]).await).contains("next step"));
 

@@ -535,10 +535,85 @@ pub fn metric_value(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Optio
 }
 // ---- end magento_bi ----------------------------------------------------------
 
-/// The built binary as a worker process on `env`'s vhost, sandbox and ledger,
-/// with the test settings' fast retries (1.5 s calls, 0.5 s lease margin),
-/// then `extra` environment variables on top (`ONBOARDING__...`). Its log
-/// lines go to `log`, or nowhere.
+/// The environment of a worker process on `settings`' sandbox and
+/// `ledger_url`, with the tests' timing: calls of `call_timeout_ms`, fast
+/// retries and reconnects, polls every 200 to 500 ms (deadline 60 s), a 0.5 s
+/// lease margin. No broker address: the caller adds `ONBOARDING__AMQP__URL`
+/// or `__URLS`.
+#[allow(dead_code)]
+pub fn worker_process_env(
+    settings: &Settings,
+    ledger_url: &str,
+    call_timeout_ms: u64,
+) -> Vec<(String, String)> {
+    let p = &settings.providers;
+    let mut vars: Vec<(String, String)> = [
+        ("ONBOARDING__AMQP__RECONNECT_MIN_MS", "100"),
+        ("ONBOARDING__AMQP__RECONNECT_MAX_MS", "1000"),
+        ("ONBOARDING__LEDGER__URL", ledger_url),
+        ("ONBOARDING__METRICS__LISTEN", "127.0.0.1:0"),
+        ("ONBOARDING__WORKER__LEASE_MARGIN_MS", "500"),
+        (
+            "ONBOARDING__PROVIDERS__SHARESPINE__BASE_URL",
+            &p.sharespine.base_url,
+        ),
+        (
+            "ONBOARDING__PROVIDERS__COMPUTESTACKS__BASE_URL",
+            &p.computestacks.base_url,
+        ),
+        (
+            "ONBOARDING__PROVIDERS__MAGENTO_BI__API_BASE",
+            &p.magento_bi.api_base,
+        ),
+        (
+            "ONBOARDING__PROVIDERS__MAGENTO_BI__DASHBOARD_BASE",
+            &p.magento_bi.dashboard_base,
+        ),
+        (
+            "RUST_LOG",
+            "info,onboarding_worker=debug,sqlx=warn,lapin=warn",
+        ),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let timeout = call_timeout_ms.to_string();
+    for provider in ["SHARESPINE", "COMPUTESTACKS", "MAGENTO_BI"] {
+        for (key, value) in [
+            ("TIMEOUT_MS", timeout.as_str()),
+            ("RETRY_BASE_MS", "50"),
+            ("RETRY_CAP_MS", "400"),
+        ] {
+            vars.push((
+                format!("ONBOARDING__PROVIDERS__{provider}__CALLS__{key}"),
+                value.into(),
+            ));
+        }
+    }
+    for (provider, step) in [
+        ("COMPUTESTACKS", "POLL_ORDER"),
+        ("MAGENTO_BI", "POLL_SIGNUP"),
+        ("MAGENTO_BI", "POLL_CONNECTION"),
+        ("MAGENTO_BI", "POLL_CONNECTION_TEST"),
+        ("MAGENTO_BI", "POLL_DASHBOARDS"),
+    ] {
+        for (key, value) in [
+            ("INTERVAL_MS", "200"),
+            ("MAX_INTERVAL_MS", "500"),
+            ("DEADLINE_MS", "60000"),
+        ] {
+            vars.push((
+                format!("ONBOARDING__PROVIDERS__{provider}__POLLS__{step}__{key}"),
+                value.into(),
+            ));
+        }
+    }
+    vars
+}
+
+/// The built binary as a worker process on `env`'s vhost, sandbox and ledger
+/// ([`worker_process_env`], 1.5 s calls), then `extra` environment variables
+/// on top. Its log lines go to `log`, or nowhere.
 #[allow(dead_code)]
 pub fn spawn_worker_process(
     env: &TestEnv,
@@ -546,45 +621,10 @@ pub fn spawn_worker_process(
     log: Option<&std::path::Path>,
 ) -> std::process::Child {
     let s = &env.settings;
-    let p = &s.providers;
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_onboarding-worker"));
     cmd.arg("run")
-        .env("ONBOARDING__AMQP__URL", s.amqp.url.expose())
-        .env("ONBOARDING__LEDGER__URL", s.ledger.url.expose())
-        .env("ONBOARDING__METRICS__LISTEN", "127.0.0.1:0")
-        .env("ONBOARDING__WORKER__LEASE_MARGIN_MS", "500")
-        .env(
-            "ONBOARDING__PROVIDERS__SHARESPINE__BASE_URL",
-            &p.sharespine.base_url,
-        )
-        .env(
-            "ONBOARDING__PROVIDERS__COMPUTESTACKS__BASE_URL",
-            &p.computestacks.base_url,
-        )
-        .env(
-            "ONBOARDING__PROVIDERS__MAGENTO_BI__API_BASE",
-            &p.magento_bi.api_base,
-        )
-        .env(
-            "ONBOARDING__PROVIDERS__MAGENTO_BI__DASHBOARD_BASE",
-            &p.magento_bi.dashboard_base,
-        )
-        .env(
-            "RUST_LOG",
-            "debug,sqlx=warn,lapin=info,hyper=info,reqwest=info",
-        );
-    for provider in ["SHARESPINE", "COMPUTESTACKS", "MAGENTO_BI"] {
-        for (key, value) in [
-            ("TIMEOUT_MS", "1500"),
-            ("RETRY_BASE_MS", "50"),
-            ("RETRY_CAP_MS", "400"),
-        ] {
-            cmd.env(
-                format!("ONBOARDING__PROVIDERS__{provider}__CALLS__{key}"),
-                value,
-            );
-        }
-    }
+        .envs(worker_process_env(s, s.ledger.url.expose(), 1500))
+        .env("ONBOARDING__AMQP__URL", s.amqp.url.expose());
     for (k, v) in extra {
         cmd.env(k, v);
     }

@@ -63,36 +63,8 @@ impl fmt::Display for Id {
     }
 }
 
-/// What a JSON value is, for a message: its shape and, for an object, up to six
-/// field names (names only, and only when they look like names). Never a value.
-pub fn describe(value: &Value) -> String {
-    match value {
-        Value::Null => "null".into(),
-        Value::Bool(_) => "a boolean".into(),
-        Value::Number(_) => "a number".into(),
-        Value::String(_) => "a string".into(),
-        Value::Array(items) => list_of(items.len()),
-        Value::Object(map) if map.is_empty() => "an empty object".into(),
-        Value::Object(map) => {
-            let names: Vec<&str> = map
-                .keys()
-                .filter(|k| {
-                    k.len() <= 40
-                        && k.chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                })
-                .map(String::as_str)
-                .take(6)
-                .collect();
-            let more = if map.len() > names.len() { ", ..." } else { "" };
-            if names.is_empty() {
-                format!("an object with {} fields", map.len())
-            } else {
-                format!("an object with fields {}{more}", names.join(", "))
-            }
-        }
-    }
-}
+pub use crate::providers::describe;
+use crate::providers::list_of;
 
 /// The object `body` stands for: `{"<name>": {..}}` (the guide's envelope) or
 /// the object itself (bare, as the admin API docs show a created user). Which
@@ -125,13 +97,6 @@ fn unwrap<'a>(body: &'a Value, name: &str, needs: &str) -> Result<&'a Map<String
 }
 
 /// "a list of 2 items", "an empty list".
-fn list_of(n: usize) -> String {
-    match n {
-        0 => "an empty list".into(),
-        1 => "a list of 1 item".into(),
-        n => format!("a list of {n} items"),
-    }
-}
 
 /// A required id field: present, and a number or a usable string.
 fn id_field(object: &Map<String, Value>, key: &str) -> Result<Id, String> {

@@ -7,40 +7,7 @@ use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
-/// What a JSON value is, for a message: its shape and, for an object, up to six
-/// field names (names only, and only when they look like names). Never a value.
-pub fn describe(value: &Value) -> String {
-    match value {
-        Value::Null => "null".into(),
-        Value::Bool(_) => "a boolean".into(),
-        Value::Number(_) => "a number".into(),
-        Value::String(_) => "a string".into(),
-        Value::Array(items) => match items.len() {
-            0 => "an empty list".into(),
-            1 => "a list of 1 item".into(),
-            n => format!("a list of {n} items"),
-        },
-        Value::Object(map) if map.is_empty() => "an empty object".into(),
-        Value::Object(map) => {
-            let names: Vec<&str> = map
-                .keys()
-                .filter(|k| {
-                    k.len() <= 40
-                        && k.chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                })
-                .map(String::as_str)
-                .take(6)
-                .collect();
-            let more = if map.len() > names.len() { ", ..." } else { "" };
-            if names.is_empty() {
-                format!("an object with {} fields", map.len())
-            } else {
-                format!("an object with fields {}{more}", names.join(", "))
-            }
-        }
-    }
-}
+pub use crate::providers::describe;
 
 /// The object an answer stands for: the object itself when it has one of
 /// `needs`, else the object under one of `envelopes` that has one. `None` when
