@@ -96,8 +96,6 @@ fn unwrap<'a>(body: &'a Value, name: &str, needs: &str) -> Result<&'a Map<String
     ))
 }
 
-/// "a list of 2 items", "an empty list".
-
 /// A required id field: present, and a number or a usable string.
 fn id_field(object: &Map<String, Value>, key: &str) -> Result<Id, String> {
     match object.get(key) {
