@@ -393,7 +393,7 @@ fn check_ca_file(key: &str, path: &str) -> Result<(), ConfigError> {
     if path.is_empty() {
         return Ok(());
     }
-    crate::providers::http::read_ca_file(path)
+    crate::tls::read_ca_file(path)
         .map(drop)
         .map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))
 }

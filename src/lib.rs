@@ -12,6 +12,7 @@
 //! - [`sandbox`]: the emulated provider APIs for development and tests.
 //! - [`metrics`]: metric names, `/metrics`, `/healthz`, `/readyz`.
 //! - [`worker`]: wires it all together and runs until shutdown.
+//! - [`tls`]: CA files, read and checked in one place.
 //! - [`cli`], [`telemetry`]: the binary's edges.
 
 pub mod broker;
@@ -26,4 +27,5 @@ pub mod providers;
 pub mod sandbox;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 pub mod worker;

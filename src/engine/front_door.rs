@@ -8,8 +8,8 @@
 //! runs exactly this, `fuzz/` fuzzes it, and `tests/fuzz_corpus.rs` replays the
 //! fuzz corpus through it in `cargo test`.
 
+use super::step::Providers;
 use crate::domain::{ErrorKind, EventKind};
-use crate::providers::Providers;
 
 use super::step::StepKey;
 use super::wire::{self, Event, Invalid, StepMessage, ValidRequest};

@@ -28,8 +28,7 @@ use crate::ledger::{
     now_ms, Accept, Claim, Finish, Ledger, LedgerError, NewRequest, Progress, RequestRecord, Status,
 };
 use crate::metrics::Metrics;
-use crate::providers::Providers;
-use step::{Provider, StepContext, StepError, StepKey, StepOutcome};
+use step::{Provider, Providers, StepContext, StepError, StepKey, StepOutcome};
 use wire::{Event, Invalid, StepMessage};
 
 /// The header that marks a request copy as an operator's redrive (`dead replay`).

@@ -175,6 +175,9 @@ pub struct RetryPolicy {
     pub cap: Duration,
 }
 
+/// The providers a worker runs, by id (built by `providers::build_all`).
+pub type Providers = std::collections::HashMap<ProviderId, std::sync::Arc<dyn Provider>>;
+
 /// A provider, as the engine sees it.
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {

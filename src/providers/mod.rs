@@ -12,11 +12,8 @@ use std::sync::Arc;
 
 use crate::config::ProvidersSettings;
 use crate::domain::ProviderId;
-use crate::engine::step::Provider;
+pub use crate::engine::step::Providers;
 use crate::metrics::Metrics;
-
-/// The providers a worker runs, by id.
-pub type Providers = HashMap<ProviderId, Arc<dyn Provider>>;
 
 /// Builds every provider from its settings.
 pub fn build_all(settings: &ProvidersSettings, metrics: &Metrics) -> Providers {
