@@ -312,8 +312,11 @@ impl Health {
     pub fn node(&self) -> Option<String> {
         self.node.lock().expect("health lock").clone()
     }
-    pub fn set_ledger_down(&self, down: bool) {
+    /// Records whether the ledger answers, here and in
+    /// `onboarding_ledger_unreachable`.
+    pub fn set_ledger_down(&self, down: bool, metrics: &Metrics) {
         self.ledger_down.store(down, Ordering::SeqCst);
+        metrics.ledger_unreachable.set(i64::from(down));
     }
     pub fn ledger_down(&self) -> bool {
         self.ledger_down.load(Ordering::SeqCst)

@@ -132,14 +132,12 @@ async fn sample_gauges(
                 metrics.onboardings_running.set(running);
                 metrics.onboardings_waiting.set(waiting);
                 if health.ledger_down() {
-                    health.set_ledger_down(false);
-                    metrics.ledger_unreachable.set(0);
+                    health.set_ledger_down(false, &metrics);
                 }
             }
             Err(e) => {
                 if e.is_outage() {
-                    health.set_ledger_down(true);
-                    metrics.ledger_unreachable.set(1);
+                    health.set_ledger_down(true, &metrics);
                 }
                 warn!(error.message = %e, "could not sample the ledger");
             }

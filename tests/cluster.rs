@@ -329,6 +329,25 @@ struct Planned {
     cs: Option<(String, String)>,
 }
 
+/// The events a request's subscriber should see, in order: `accepted`, one
+/// `step_completed:<step>` per step of its provider's own plan, `completed`.
+fn expected_events(request: &Value) -> Vec<String> {
+    use onboarding_worker::domain::{Operation, ProviderId};
+    let settings = Settings::load(None).expect("default settings");
+    let providers = onboarding_worker::providers::build_all(
+        &settings.providers,
+        &onboarding_worker::metrics::Metrics::new(),
+    );
+    let provider = ProviderId::parse(request["provider"].as_str().unwrap()).unwrap();
+    let plan = providers[&provider]
+        .plan(Operation::Onboard, &request["input"])
+        .expect("a valid request");
+    std::iter::once("accepted".to_string())
+        .chain(plan.iter().map(|s| format!("step_completed:{}", s.name)))
+        .chain(std::iter::once("completed".to_string()))
+        .collect()
+}
+
 fn plan() -> Vec<Planned> {
     let mut out = Vec::new();
     // Interleaved: two Sharespine, one ComputeStacks, ...
@@ -339,17 +358,7 @@ fn plan() -> Vec<Planned> {
                 let id = format!("cluster-ss-{s:02}");
                 let reference = format!("cluster{s}");
                 let body = sharespine_request(&id, &reference, &["anna", "bob"], Some("anna"));
-                let mut expected = vec!["accepted".to_string()];
-                for step in [
-                    "create_tenant",
-                    "create_user",
-                    "create_user",
-                    "create_connection",
-                    "create_login_url",
-                ] {
-                    expected.push(format!("step_completed:{step}"));
-                }
-                expected.push("completed".into());
+                let expected = expected_events(&body);
                 out.push(Planned {
                     id,
                     body,
@@ -365,16 +374,7 @@ fn plan() -> Vec<Planned> {
             let email = format!("cs{c}@cluster.example.com");
             let project = format!("site-{id}");
             let body = computestacks_request(&id, &email, &project);
-            let mut expected = vec!["accepted".to_string()];
-            for step in [
-                "create_user",
-                "create_api_credential",
-                "create_order",
-                "poll_order",
-            ] {
-                expected.push(format!("step_completed:{step}"));
-            }
-            expected.push("completed".into());
+            let expected = expected_events(&body);
             out.push(Planned {
                 id,
                 body,

@@ -706,24 +706,11 @@ async fn session(
         ch.basic_qos(prefetch.max(1), BasicQosOptions::default())
             .await
             .map_err(|e| lost(e.into()))?;
-        let tag = format!("onboarding-worker-{}", uuid::Uuid::new_v4());
-        let consumer = ch
-            .basic_consume(
-                queue.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+        let (tag, stream) = consume(&ch, queue.as_str().into(), source, false)
             .await
             .map_err(|e| lost(e.into()))?;
-        // A consumer stream that ends (the broker's basic.cancel, or its
-        // channel closed) yields one last `None`: `select_all` alone would
-        // drop it silently and the queue would go unconsumed.
-        let stream = consumer
-            .map(move |d| (source, Some(d)))
-            .chain(futures::stream::once(async move { (source, None) }));
         consumers.push((ch, tag));
-        streams.push(stream.boxed());
+        streams.push(stream);
     }
     {
         // A queue of this session's own on the control exchange: exclusive,
@@ -751,24 +738,11 @@ async fn session(
         )
         .await
         .map_err(|e| lost(e.into()))?;
-        let tag = format!("onboarding-worker-control-{}", uuid::Uuid::new_v4());
-        let consumer = ch
-            .basic_consume(
-                queue.name().clone(),
-                tag.as_str().into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let (tag, stream) = consume(&ch, queue.name().clone(), Source::Control, true)
             .await
             .map_err(|e| lost(e.into()))?;
-        let stream = consumer
-            .map(|d| (Source::Control, Some(d)))
-            .chain(futures::stream::once(async { (Source::Control, None) }));
         consumers.push((ch, tag));
-        streams.push(stream.boxed());
+        streams.push(stream);
     }
     let mut deliveries = futures::stream::select_all(streams);
     health.set_node(Some(node.to_string()));
@@ -836,6 +810,44 @@ async fn session(
     let _ = conn.close(200, "shutdown".into()).await;
     info!("broker connection closed");
     Ok(())
+}
+
+/// A consumer's deliveries, tagged with where they come from.
+type Deliveries = futures::stream::BoxStream<
+    'static,
+    (
+        Source,
+        Option<Result<lapin::message::Delivery, lapin::Error>>,
+    ),
+>;
+
+/// Starts consuming `queue` on `ch` as `source`; returns the consumer tag and
+/// its deliveries. The stream yields one last `None` when the consumer ends
+/// (the broker's basic.cancel, or its channel closed): `select_all` alone
+/// would drop an ended stream silently and the queue would go unconsumed.
+async fn consume(
+    ch: &Channel,
+    queue: ShortString,
+    source: Source,
+    no_ack: bool,
+) -> lapin::Result<(String, Deliveries)> {
+    let tag = format!("onboarding-worker-{}", uuid::Uuid::new_v4());
+    let consumer = ch
+        .basic_consume(
+            queue,
+            tag.as_str().into(),
+            BasicConsumeOptions {
+                no_ack,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let stream = consumer
+        .map(move |d| (source, Some(d)))
+        .chain(futures::stream::once(async move { (source, None) }))
+        .boxed();
+    Ok((tag, stream))
 }
 
 /// Waits up to `grace` for every handler still running: this session's and
@@ -990,16 +1002,14 @@ impl Handler {
             if !self.health.ledger_down() {
                 warn!("the ledger does not answer: pausing consumption until it does");
             }
-            self.health.set_ledger_down(true);
-            self.metrics.ledger_unreachable.set(1);
+            self.health.set_ledger_down(true, &self.metrics);
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));
         }
         if self.health.ledger_down() {
             info!("the ledger answers again: resuming");
         }
-        self.health.set_ledger_down(false);
-        self.metrics.ledger_unreachable.set(0);
+        self.health.set_ledger_down(false, &self.metrics);
     }
 }
 

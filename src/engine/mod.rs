@@ -272,23 +272,10 @@ impl Engine {
                     })?;
                 if record.status == Status::Failed {
                     // Every message that ends in `failed` is kept in onboarding.dead.
-                    let error = event.error.clone();
-                    let reason = DeadReason {
-                        request_id: Some(request.request_id.clone()),
-                        kind: error
-                            .as_ref()
-                            .and_then(|e| ErrorKind::parse(&e.kind))
-                            .unwrap_or(ErrorKind::Rejected),
-                        step: error.as_ref().and_then(|e| e.step.clone()),
-                        message: error.map(|e| e.message).unwrap_or_default(),
-                    };
-                    self.publish_event(t, &event).await?;
-                    t.publish_dead(msg.body, &msg.props, &reason).await?;
-                    self.metrics
-                        .dead_lettered_total
-                        .with_label_values(&[reason.kind.as_str()])
-                        .inc();
-                    return Ok(());
+                    let reason = dead_reason_of(&request.request_id, &event);
+                    return self
+                        .announce_failure(t, Some(&event), msg.body, &msg.props, &reason)
+                        .await;
                 }
                 self.publish_event(t, &event).await?;
                 Ok(())
@@ -378,14 +365,8 @@ impl Engine {
         );
         let event = front_door::failed_event(&invalid);
         let reason = front_door::dead_reason(&invalid);
-        // The event first: if the broker refuses it, the message goes back
-        // to its queue and no second copy lands in onboarding.dead.
-        self.publish_event(t, &event).await?;
-        t.publish_dead(msg.body, &msg.props, &reason).await?;
-        self.metrics
-            .dead_lettered_total
-            .with_label_values(&[ErrorKind::InvalidRequest.as_str()])
-            .inc();
+        self.announce_failure(t, Some(&event), msg.body, &msg.props, &reason)
+            .await?;
         self.metrics
             .requests_total
             .with_label_values(&[
@@ -691,15 +672,21 @@ impl Engine {
             waiting_until_ms: published.is_ok().then_some(due),
             ..Progress::default()
         };
-        let next_seq = if published.is_ok() {
-            again.seq
-        } else {
-            again.seq - 1
+        let advanced = match published {
+            Ok(()) => {
+                self.ledger
+                    .advance(&again.request_id, owner, again.seq, &progress)
+                    .await
+            }
+            // The message goes back to its queue: as after any failed step,
+            // a call that may have acted leaves the lease as a crash would.
+            Err(_) if again.uncertain => self.ledger.abandon(&again.request_id, owner).await,
+            Err(_) => {
+                self.ledger
+                    .advance(&again.request_id, owner, again.seq - 1, &progress)
+                    .await
+            }
         };
-        let advanced = self
-            .ledger
-            .advance(&again.request_id, owner, next_seq, &progress)
-            .await;
         published?;
         advanced?;
         Ok(())
@@ -754,53 +741,41 @@ impl Engine {
                 let event = Event::new(EventKind::Failed, request_id.as_deref(), provider, None)
                     .failed(ErrorKind::Exhausted, None, None, message.clone());
                 warn!(error.message = %message, "giving up on a message that keeps failing");
-                if !ended {
-                    self.publish_event(t, &event).await?;
-                }
                 let reason = DeadReason {
                     kind: ErrorKind::Exhausted,
                     ..front_door::dead_reason(&invalid)
                 };
-                t.publish_dead(msg.body, &msg.props, &reason).await?;
-                self.metrics
-                    .dead_lettered_total
-                    .with_label_values(&[ErrorKind::Exhausted.as_str()])
-                    .inc();
-                return Ok(());
+                return self
+                    .announce_failure(t, (!ended).then_some(&event), msg.body, &msg.props, &reason)
+                    .await;
             };
-            let provider_id = ProviderId::parse(&record.provider);
-            let operation = Operation::parse(&record.operation);
             let step = record.current_step.clone();
-            let mut event = Event::new(
-                EventKind::Failed,
-                Some(&record.request_id),
-                provider_id,
-                operation,
-            )
-            .failed(ErrorKind::Exhausted, step.as_deref(), None, message.clone());
-            event.outputs = record.outputs.clone();
-            event.duration_ms = (now_ms() - record.accepted_at_ms).max(0);
+            let event = failed_event(
+                &record,
+                ProviderId::parse(&record.provider),
+                Operation::parse(&record.operation),
+                ErrorKind::Exhausted,
+                step.as_deref(),
+                None,
+                message.clone(),
+            );
             let finish = Finish {
                 status: Status::Failed,
                 final_event: String::from_utf8(event.to_bytes()).expect("utf-8"),
-                step: step.clone(),
+                step,
                 index: record.current_index,
             };
             self.ledger.finish(&record.request_id, &finish).await?;
             warn!(error.message = %message, "giving up on a request whose messages keep failing");
-            self.publish_event(t, &event).await?;
-            let reason = DeadReason {
-                request_id: Some(record.request_id.clone()),
-                kind: ErrorKind::Exhausted,
-                step,
-                message,
-            };
-            t.publish_dead(&record.body, &OriginalProps::default(), &reason)
-                .await?;
-            self.metrics
-                .dead_lettered_total
-                .with_label_values(&[ErrorKind::Exhausted.as_str()])
-                .inc();
+            let reason = dead_reason_of(&record.request_id, &event);
+            self.announce_failure(
+                t,
+                Some(&event),
+                &record.body,
+                &OriginalProps::default(),
+                &reason,
+            )
+            .await?;
             self.metrics
                 .requests_total
                 .with_label_values(&[
@@ -815,9 +790,71 @@ impl Engine {
         .await
     }
 
+    /// Announces a failure: its `failed` event (`None` when its request
+    /// already had its end), then the message whole in `onboarding.dead`,
+    /// counted by kind. The event first: while the broker refuses it the
+    /// message is handled again, and no second copy lands in dead.
+    async fn announce_failure(
+        &self,
+        t: &dyn Transport,
+        event: Option<&Event>,
+        body: &[u8],
+        props: &OriginalProps,
+        reason: &DeadReason,
+    ) -> Result<(), EngineError> {
+        if let Some(event) = event {
+            self.publish_event(t, event).await?;
+        }
+        t.publish_dead(body, props, reason).await?;
+        self.metrics
+            .dead_lettered_total
+            .with_label_values(&[reason.kind.as_str()])
+            .inc();
+        Ok(())
+    }
+
     /// Whether the ledger's database answers now.
     pub async fn ledger_reachable(&self) -> bool {
         self.ledger.ping().await.is_ok()
+    }
+}
+
+/// A request's `failed` event, with the outputs recorded so far and the time
+/// since it was accepted.
+fn failed_event(
+    record: &RequestRecord,
+    provider: Option<ProviderId>,
+    operation: Option<Operation>,
+    kind: ErrorKind,
+    step: Option<&str>,
+    http_status: Option<u16>,
+    message: String,
+) -> Event {
+    let mut event = Event::new(
+        EventKind::Failed,
+        Some(&record.request_id),
+        provider,
+        operation,
+    )
+    .failed(kind, step, http_status, message);
+    event.outputs = record.outputs.clone();
+    event.duration_ms = (now_ms() - record.accepted_at_ms).max(0);
+    event
+}
+
+/// Why a failed request's copy goes to `onboarding.dead`, read from its
+/// `failed` event.
+fn dead_reason_of(request_id: &str, event: &Event) -> DeadReason {
+    let error = event.error.as_ref();
+    DeadReason {
+        request_id: Some(request_id.to_string()),
+        kind: error
+            .and_then(|e| ErrorKind::parse(&e.kind))
+            .unwrap_or(ErrorKind::Rejected),
+        step: error.and_then(|e| e.step.clone()),
+        message: error
+            .map(|e| e.message.clone())
+            .unwrap_or_else(|| "failed".into()),
     }
 }
 
@@ -1361,10 +1398,15 @@ impl StepRun<'_> {
         message: String,
     ) -> Result<(), EngineError> {
         let step_name = step.map(|s| s.name);
-        let mut event =
-            self.event(EventKind::Failed)
-                .failed(kind, step_name, http_status, message.clone());
-        event.outputs = self.record.outputs.clone();
+        let event = failed_event(
+            &self.record,
+            Some(self.provider_id),
+            Some(self.operation()),
+            kind,
+            step_name,
+            http_status,
+            message.clone(),
+        );
         let finish = Finish {
             status: Status::Failed,
             final_event: String::from_utf8(event.to_bytes()).expect("utf-8"),
@@ -1405,31 +1447,16 @@ impl StepRun<'_> {
     }
 
     async fn publish_failure(&self, event: &Event) -> Result<(), EngineError> {
-        let error = event.error.clone().unwrap_or_else(|| wire::EventError {
-            kind: ErrorKind::Rejected.as_str().into(),
-            step: None,
-            http_status: None,
-            message: "failed".into(),
-        });
-        let kind = ErrorKind::parse(&error.kind).unwrap_or(ErrorKind::Rejected);
-        let reason = DeadReason {
-            request_id: Some(self.m.request_id.clone()),
-            kind,
-            step: error.step.clone(),
-            message: error.message.clone(),
-        };
-        // The event first: while the broker refuses it, the request is held
-        // back, and no copy lands in onboarding.dead each time round.
-        self.engine.publish_event(self.t, event).await?;
-        self.t
-            .publish_dead(&self.record.body, &OriginalProps::default(), &reason)
-            .await?;
+        let reason = dead_reason_of(&self.m.request_id, event);
         self.engine
-            .metrics
-            .dead_lettered_total
-            .with_label_values(&[kind.as_str()])
-            .inc();
-        Ok(())
+            .announce_failure(
+                self.t,
+                Some(event),
+                &self.record.body,
+                &OriginalProps::default(),
+                &reason,
+            )
+            .await
     }
 
     /// A step message for a request that already ended: a crash came between

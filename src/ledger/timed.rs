@@ -43,8 +43,7 @@ where
                 if started.elapsed() < RETRY_FOR =>
             {
                 if e.is_outage() {
-                    health.set_ledger_down(true);
-                    metrics.ledger_unreachable.set(1);
+                    health.set_ledger_down(true, metrics);
                 }
                 tracing::warn!(op = what, error.message = %e, retry_in_ms = pause.as_millis() as u64, "ledger operation failed; retrying");
                 tokio::time::sleep(pause).await;
@@ -52,8 +51,7 @@ where
             }
             Ok(v) => {
                 if health.ledger_down() {
-                    health.set_ledger_down(false);
-                    metrics.ledger_unreachable.set(0);
+                    health.set_ledger_down(false, metrics);
                 }
                 return Ok(v);
             }
