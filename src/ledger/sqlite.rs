@@ -335,6 +335,24 @@ async fn write_claims(
 impl SqliteLedger {
     /// Opens (creating if missing) the file named by `url` (`sqlite://path`, `sqlite::memory:`).
     pub async fn open(url: &str) -> Result<Self, LedgerError> {
+        // Workers starting at once on a new file race to switch it to WAL,
+        // and SQLite answers the losers SQLITE_BUSY without waiting on its
+        // busy handler: try again for a few seconds.
+        let mut tries = 0;
+        loop {
+            match Self::open_once(url).await {
+                Err(LedgerError::Database(sqlx::Error::Database(e)))
+                    if e.code().as_deref() == Some("5") && tries < 50 =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn open_once(url: &str) -> Result<Self, LedgerError> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| LedgerError::Url(e.to_string()))?
             .create_if_missing(true)
