@@ -177,10 +177,8 @@ pub async fn execute(cli: Cli, settings: Settings) -> Result<i32, Exit> {
             let next = serde_json::from_slice::<serde_json::Value>(&record.body)
                 .ok()
                 .and_then(|body| {
-                    let provider =
-                        providers.get(&crate::domain::ProviderId::parse(&record.provider)?)?;
-                    let operation = crate::domain::Operation::parse(&record.operation)?;
-                    let plan = provider.plan(operation, body.get("input")?).ok()?;
+                    let provider = providers.get(&record.provider)?;
+                    let plan = provider.plan(record.operation, body.get("input")?).ok()?;
                     crate::status::next_step(&record, &plan)
                 });
             println!("{}", crate::status::render(&record, next, json));

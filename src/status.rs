@@ -44,8 +44,8 @@ pub fn render(r: &RequestRecord, next: Option<String>, as_json: bool) -> String 
     if as_json {
         return json!({
             "request_id": r.request_id,
-            "provider": r.provider,
-            "operation": r.operation,
+            "provider": r.provider.as_str(),
+            "operation": r.operation.as_str(),
             "status": r.status.as_str(),
             "steps_done": r.done_steps,
             "outputs": r.outputs,
@@ -60,7 +60,10 @@ pub fn render(r: &RequestRecord, next: Option<String>, as_json: bool) -> String 
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<14} {v}\n"));
     line("request_id", r.request_id.clone());
-    line("provider", format!("{} / {}", r.provider, r.operation));
+    line(
+        "provider",
+        format!("{} / {}", r.provider.as_str(), r.operation.as_str()),
+    );
     line("status", r.status.as_str().to_string());
     line("accepted_at", ms_to_rfc3339(r.accepted_at_ms));
     line("updated_at", ms_to_rfc3339(r.updated_at_ms));

@@ -230,8 +230,8 @@ impl Engine {
             }
             let new = NewRequest {
                 request_id: request.request_id.clone(),
-                provider: request.provider.as_str().into(),
-                operation: request.operation.as_str().into(),
+                provider: request.provider,
+                operation: request.operation,
                 body: msg.body.to_vec(),
             };
             match self.ledger.accept(&new).await? {
@@ -752,8 +752,8 @@ impl Engine {
             let step = record.current_step.clone();
             let event = failed_event(
                 &record,
-                ProviderId::parse(&record.provider),
-                Operation::parse(&record.operation),
+                Some(record.provider),
+                Some(record.operation),
                 ErrorKind::Exhausted,
                 step.as_deref(),
                 None,
@@ -779,8 +779,8 @@ impl Engine {
             self.metrics
                 .requests_total
                 .with_label_values(&[
-                    &record.provider,
-                    &record.operation,
+                    record.provider.as_str(),
+                    record.operation.as_str(),
                     ErrorKind::Exhausted.as_str(),
                 ])
                 .inc();
@@ -936,7 +936,7 @@ enum Next {
 
 impl StepRun<'_> {
     fn operation(&self) -> Operation {
-        Operation::parse(&self.record.operation).unwrap_or(Operation::Onboard)
+        self.record.operation
     }
 
     fn request_json(&self) -> Result<Value, EngineError> {

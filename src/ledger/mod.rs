@@ -22,6 +22,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
+use crate::domain::{Operation, ProviderId};
+
 /// Milliseconds since the Unix epoch; the ledger's clock.
 pub fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
@@ -102,8 +104,8 @@ impl Status {
 #[derive(Clone, Debug)]
 pub struct NewRequest {
     pub request_id: String,
-    pub provider: String,
-    pub operation: String,
+    pub provider: ProviderId,
+    pub operation: Operation,
     /// The message body exactly as published.
     pub body: Vec<u8>,
 }
@@ -112,8 +114,8 @@ pub struct NewRequest {
 #[derive(Clone, Debug)]
 pub struct RequestRecord {
     pub request_id: String,
-    pub provider: String,
-    pub operation: String,
+    pub provider: ProviderId,
+    pub operation: Operation,
     pub body: Vec<u8>,
     pub status: Status,
     pub cursor: i64,
@@ -283,6 +285,22 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Ledger>, LedgerError> 
             "unsupported scheme {scheme:?}; use sqlite://PATH or postgres://USER:PASSWORD@HOST/DATABASE"
         )))
     }
+}
+
+/// A stored provider and operation, read back into the contract's vocabulary.
+fn parse_kind(
+    request_id: &str,
+    provider: &str,
+    operation: &str,
+) -> Result<(ProviderId, Operation), LedgerError> {
+    let corrupt = |what: &str, value: &str| LedgerError::Corrupt {
+        request_id: request_id.into(),
+        message: format!("{what} {value:?}"),
+    };
+    Ok((
+        ProviderId::parse(provider).ok_or_else(|| corrupt("provider", provider))?,
+        Operation::parse(operation).ok_or_else(|| corrupt("operation", operation))?,
+    ))
 }
 
 fn parse_map(request_id: &str, text: &str) -> Result<Map<String, Value>, LedgerError> {

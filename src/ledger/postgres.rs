@@ -23,8 +23,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Executor, PgConnection, PgPool, Row};
 
 use super::{
-    merged, now_ms, parse_map, Accept, Claim, Finish, Ledger, LedgerError, NewRequest, Progress,
-    RequestRecord, Status,
+    merged, now_ms, parse_kind, parse_map, Accept, Claim, Finish, Ledger, LedgerError, NewRequest,
+    Progress, RequestRecord, Status,
 };
 
 /// First key of the advisory lock taken around the schema setup (the second
@@ -235,9 +235,14 @@ fn record_from(row: &PgRow) -> Result<RequestRecord, LedgerError> {
     })?;
     let outputs: String = row.try_get("outputs")?;
     let secrets: String = row.try_get("secrets")?;
+    let (provider, operation) = parse_kind(
+        &request_id,
+        &row.try_get::<String, _>("provider")?,
+        &row.try_get::<String, _>("operation")?,
+    )?;
     Ok(RequestRecord {
-        provider: row.try_get("provider")?,
-        operation: row.try_get("operation")?,
+        provider,
+        operation,
         body: row.try_get("body")?,
         status,
         cursor: row.try_get("cursor")?,
@@ -270,8 +275,8 @@ impl Ledger for PostgresLedger {
              VALUES ($1, $2, $3, $4, 'running', 0, $5, $5) ON CONFLICT (request_id) DO NOTHING",
         )
         .bind(&request.request_id)
-        .bind(&request.provider)
-        .bind(&request.operation)
+        .bind(request.provider.as_str())
+        .bind(request.operation.as_str())
         .bind(&request.body)
         .bind(now)
         .execute(&mut *conn)

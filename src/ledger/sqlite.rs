@@ -25,8 +25,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    now_ms, parse_map, Accept, Claim, Finish, Ledger, LedgerError, NewRequest, Progress,
-    RequestRecord, Status,
+    now_ms, parse_kind, parse_map, Accept, Claim, Finish, Ledger, LedgerError, NewRequest,
+    Progress, RequestRecord, Status,
 };
 
 const SCHEMA: &[&str] = &[
@@ -469,9 +469,14 @@ fn record_from(row: &SqliteRow, steps: &[SqliteRow]) -> Result<RequestRecord, Le
         outputs.extend(parse_map(&request_id, &step.try_get::<String, _>(1)?)?);
         secrets.extend(parse_map(&request_id, &step.try_get::<String, _>(2)?)?);
     }
+    let (provider, operation) = parse_kind(
+        &request_id,
+        &row.try_get::<String, _>("provider")?,
+        &row.try_get::<String, _>("operation")?,
+    )?;
     Ok(RequestRecord {
-        provider: row.try_get("provider")?,
-        operation: row.try_get("operation")?,
+        provider,
+        operation,
         body: row.try_get("body")?,
         status,
         cursor: row.try_get("cursor")?,
@@ -501,8 +506,8 @@ impl Ledger for SqliteLedger {
                  VALUES (?, ?, ?, ?, 'running', 0, ?, ?) ON CONFLICT (request_id) DO NOTHING",
             )
             .bind(&request.request_id)
-            .bind(&request.provider)
-            .bind(&request.operation)
+            .bind(request.provider.as_str())
+            .bind(request.operation.as_str())
             .bind(&request.body)
             .bind(now)
             .bind(now)

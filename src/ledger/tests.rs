@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use super::*;
+use crate::domain::{Operation, ProviderId};
 
 /// A fresh ledger location.
 struct Store {
@@ -227,8 +228,8 @@ async fn an_unsupported_url_is_refused_without_echoing_it() {
 fn req(id: &str) -> NewRequest {
     NewRequest {
         request_id: id.into(),
-        provider: "sharespine".into(),
-        operation: "onboard".into(),
+        provider: ProviderId::Sharespine,
+        operation: Operation::Onboard,
         body: b"{}".to_vec(),
     }
 }
@@ -260,8 +261,8 @@ async fn the_request_is_kept_byte_for_byte(s: Store) {
     let body = vec![0xff, 0x00, b'{', 0xc3, 0x28, b'}', 0x80];
     let new = NewRequest {
         request_id: "r-ü/1".into(),
-        provider: "computestacks".into(),
-        operation: "offboard".into(),
+        provider: ProviderId::Computestacks,
+        operation: Operation::LoginUrl,
         body: body.clone(),
     };
     let before = now_ms();
@@ -274,7 +275,7 @@ async fn the_request_is_kept_byte_for_byte(s: Store) {
     assert_eq!(r.body, body);
     assert_eq!(
         (r.provider.as_str(), r.operation.as_str()),
-        ("computestacks", "offboard")
+        ("computestacks", "login_url")
     );
     assert_eq!((r.status, r.cursor), (Status::Running, 0));
     assert_eq!(
