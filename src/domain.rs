@@ -1,10 +1,15 @@
 //! The closed vocabularies of the contract: providers, operations, event kinds
-//! and error kinds. No serde, no I/O: wire formats convert to and from these.
+//! and error kinds. No I/O. Each serialises (serde) as its contract string,
+//! `as_str`, so wire formats hold these types, never strings; each has `ALL`,
+//! from which metric label sets are generated.
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// A provider the worker knows (CONTRACT §4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ProviderId {
     MagentoBi,
     Computestacks,
@@ -38,7 +43,8 @@ impl fmt::Display for ProviderId {
 }
 
 /// What a request asks of its provider.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Operation {
     Onboard,
     /// Sharespine only: a fresh login URL for a returning customer.
@@ -46,6 +52,8 @@ pub enum Operation {
 }
 
 impl Operation {
+    pub const ALL: [Operation; 2] = [Operation::Onboard, Operation::LoginUrl];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Operation::Onboard => "onboard",
@@ -54,11 +62,7 @@ impl Operation {
     }
 
     pub fn parse(s: &str) -> Option<Operation> {
-        match s {
-            "onboard" => Some(Operation::Onboard),
-            "login_url" => Some(Operation::LoginUrl),
-            _ => None,
-        }
+        Operation::ALL.into_iter().find(|o| o.as_str() == s)
     }
 }
 
@@ -69,7 +73,8 @@ impl fmt::Display for Operation {
 }
 
 /// `error.kind` of a `failed` event (CONTRACT §5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     InvalidRequest,
     Rejected,
@@ -79,6 +84,14 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    pub const ALL: [ErrorKind; 5] = [
+        ErrorKind::InvalidRequest,
+        ErrorKind::Rejected,
+        ErrorKind::Exhausted,
+        ErrorKind::TimedOut,
+        ErrorKind::JobFailed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::InvalidRequest => "invalid_request",
@@ -90,20 +103,19 @@ impl ErrorKind {
     }
 
     pub fn parse(s: &str) -> Option<ErrorKind> {
-        [
-            ErrorKind::InvalidRequest,
-            ErrorKind::Rejected,
-            ErrorKind::Exhausted,
-            ErrorKind::TimedOut,
-            ErrorKind::JobFailed,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        ErrorKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 /// The event names of CONTRACT §5; also the last part of their routing key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum EventKind {
     Accepted,
     StepCompleted,
@@ -112,6 +124,13 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    pub const ALL: [EventKind; 4] = [
+        EventKind::Accepted,
+        EventKind::StepCompleted,
+        EventKind::Completed,
+        EventKind::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Accepted => "accepted",
@@ -119,6 +138,12 @@ impl EventKind {
             EventKind::Completed => "completed",
             EventKind::Failed => "failed",
         }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -145,6 +170,17 @@ pub enum RetryReason {
 }
 
 impl RetryReason {
+    pub const ALL: [RetryReason; 8] = [
+        RetryReason::Connection,
+        RetryReason::Timeout,
+        RetryReason::ServerError,
+        RetryReason::RateLimited,
+        RetryReason::BadResponse,
+        RetryReason::Unauthorized,
+        RetryReason::Leased,
+        RetryReason::Refused,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RetryReason::Connection => "connection",
@@ -197,5 +233,67 @@ mod tests {
         assert_eq!(Operation::parse("login_url"), Some(Operation::LoginUrl));
         assert_eq!(ErrorKind::parse("timed_out"), Some(ErrorKind::TimedOut));
         assert_eq!(ProviderId::parse("Sharespine"), None);
+    }
+
+    /// Serde writes and reads each value as exactly its contract string
+    /// (`as_str`, quoted); anything else is refused, not mapped to a default.
+    fn check_serde<T>(all: &[T], as_str: fn(&T) -> &'static str, strangers: &[&str])
+    where
+        T: Serialize + for<'de> Deserialize<'de> + PartialEq + fmt::Debug,
+    {
+        for v in all {
+            let wire = format!("\"{}\"", as_str(v));
+            assert_eq!(serde_json::to_string(v).unwrap(), wire, "{v:?} serialises");
+            assert_eq!(
+                &serde_json::from_str::<T>(&wire).unwrap(),
+                v,
+                "{wire} reads"
+            );
+        }
+        for s in strangers {
+            let wire = format!("\"{s}\"");
+            assert!(serde_json::from_str::<T>(&wire).is_err(), "{wire} refused");
+        }
+    }
+
+    #[test]
+    fn each_vocabulary_serialises_as_the_contract_strings() {
+        check_serde(
+            &ProviderId::ALL,
+            |p| p.as_str(),
+            &["Sharespine", "magentobi", "acme", ""],
+        );
+        check_serde(
+            &Operation::ALL,
+            |o| o.as_str(),
+            &["Onboard", "loginUrl", "delete"],
+        );
+        check_serde(
+            &ErrorKind::ALL,
+            |k| k.as_str(),
+            &["InvalidRequest", "timeout", "failed"],
+        );
+        check_serde(&EventKind::ALL, |e| e.as_str(), &["StepCompleted", "done"]);
+        let strings = |v: Vec<&str>| v.join(" ");
+        assert_eq!(
+            strings(ProviderId::ALL.iter().map(|p| p.as_str()).collect()),
+            "magento_bi computestacks sharespine"
+        );
+        assert_eq!(
+            strings(Operation::ALL.iter().map(|o| o.as_str()).collect()),
+            "onboard login_url"
+        );
+        assert_eq!(
+            strings(ErrorKind::ALL.iter().map(|k| k.as_str()).collect()),
+            "invalid_request rejected exhausted timed_out job_failed"
+        );
+        assert_eq!(
+            strings(EventKind::ALL.iter().map(|e| e.as_str()).collect()),
+            "accepted step_completed completed failed"
+        );
+        assert_eq!(
+            strings(RetryReason::ALL.iter().map(|r| r.as_str()).collect()),
+            "connection timeout server_error rate_limited bad_response unauthorized leased refused"
+        );
     }
 }

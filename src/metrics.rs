@@ -226,39 +226,25 @@ impl Metrics {
     /// first increment of each shows in `rate()` and `increase()` (a series
     /// born at 1 has no earlier sample to compare with).
     fn zero_known_series(&self) {
-        use crate::domain::{ErrorKind, ProviderId, RetryReason};
-        let kinds = [
-            "completed",
-            "invalid_request",
-            "rejected",
-            "exhausted",
-            "timed_out",
-            "job_failed",
-        ];
-        let reasons = [
-            RetryReason::Connection,
-            RetryReason::Timeout,
-            RetryReason::ServerError,
-            RetryReason::RateLimited,
-            RetryReason::BadResponse,
-            RetryReason::Unauthorized,
-            RetryReason::Leased,
-            RetryReason::Refused,
-        ];
+        use crate::domain::{ErrorKind, EventKind, Operation, ProviderId, RetryReason};
+        // A request ends `completed` or failed with one of the error kinds.
+        let outcomes: Vec<&str> = std::iter::once("completed")
+            .chain(ErrorKind::ALL.map(ErrorKind::as_str))
+            .collect();
         for p in ProviderId::ALL {
-            let operations: &[&str] = if p == ProviderId::Sharespine {
-                &["onboard", "login_url"]
-            } else {
-                &["onboard"]
-            };
+            // Only Sharespine offers a login URL.
+            let operations = Operation::ALL
+                .into_iter()
+                .filter(|op| *op == Operation::Onboard || p == ProviderId::Sharespine);
             for op in operations {
                 self.requests_accepted_total
-                    .with_label_values(&[p.as_str(), op]);
-                for k in kinds {
-                    self.requests_total.with_label_values(&[p.as_str(), op, k]);
+                    .with_label_values(&[p.as_str(), op.as_str()]);
+                for outcome in &outcomes {
+                    self.requests_total
+                        .with_label_values(&[p.as_str(), op.as_str(), outcome]);
                 }
             }
-            for r in reasons {
+            for r in RetryReason::ALL {
                 self.retries_total
                     .with_label_values(&[p.as_str(), r.as_str()]);
             }
@@ -266,7 +252,7 @@ impl Metrics {
                 .with_label_values(&[p.as_str()]);
             self.steps_in_flight.with_label_values(&[p.as_str()]);
         }
-        for k in kinds.iter().skip(1).filter_map(|k| ErrorKind::parse(k)) {
+        for k in ErrorKind::ALL {
             self.dead_lettered_total.with_label_values(&[k.as_str()]);
         }
         self.token_renewals_total
@@ -274,8 +260,8 @@ impl Metrics {
         for r in ["connection_lost", "consumer_cancelled", "channel_closed"] {
             self.broker_session_failures_total.with_label_values(&[r]);
         }
-        for e in ["accepted", "step_completed", "completed", "failed"] {
-            self.events_published_total.with_label_values(&[e]);
+        for e in EventKind::ALL {
+            self.events_published_total.with_label_values(&[e.as_str()]);
         }
     }
 
@@ -393,4 +379,49 @@ pub async fn serve(
         }
     });
     Ok((addr, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The series of a metric in the exposition, as their label text.
+    fn series(text: &str, name: &str) -> Vec<String> {
+        let prefix = format!("{name}{{");
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .map(|l| l.split('}').next().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn every_known_label_combination_starts_at_zero() {
+        let text = Metrics::new().render();
+        // Three providers' onboard, Sharespine's login_url; completed and five error kinds.
+        assert_eq!(series(&text, "onboarding_requests_accepted_total").len(), 4);
+        assert_eq!(series(&text, "onboarding_requests_total").len(), 4 * 6);
+        assert!(series(&text, "onboarding_requests_total").contains(
+            &r#"operation="login_url",outcome="timed_out",provider="sharespine""#.to_string()
+        ));
+        assert_eq!(series(&text, "onboarding_retries_total").len(), 3 * 8);
+        assert_eq!(
+            series(&text, "onboarding_dead_lettered_total"),
+            [
+                r#"reason="exhausted""#,
+                r#"reason="invalid_request""#,
+                r#"reason="job_failed""#,
+                r#"reason="rejected""#,
+                r#"reason="timed_out""#,
+            ]
+        );
+        assert_eq!(
+            series(&text, "onboarding_events_published_total"),
+            [
+                r#"event="accepted""#,
+                r#"event="completed""#,
+                r#"event="failed""#,
+                r#"event="step_completed""#,
+            ]
+        );
+    }
 }

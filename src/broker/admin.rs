@@ -293,6 +293,5 @@ fn step_message_provider(body: &[u8]) -> Option<(String, String)> {
         return None;
     }
     let m: crate::engine::wire::StepMessage = serde_json::from_value(v).ok()?;
-    crate::domain::ProviderId::parse(&m.provider)?;
-    Some((m.request_id, m.provider))
+    Some((m.request_id, m.provider.as_str().to_string()))
 }

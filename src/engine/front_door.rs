@@ -55,7 +55,7 @@ pub fn front_door(
             request.provider
         )));
     }
-    let first = super::first_step(&request.request_id, request.provider);
+    let first = StepMessage::first(&request.request_id, request.provider);
     Ok(Admitted {
         request,
         plan,

@@ -1,6 +1,7 @@
 //! When a step runs again: exponential back-off with full jitter for transient
-//! failures (never sooner than the provider's `Retry-After`), and the growing
-//! poll interval, cut at the poll deadline. Pure functions, tested exactly.
+//! failures (never sooner than the provider's `Retry-After`), the hold-back
+//! after a nack and the pause before a failed delivery goes back. Pure
+//! functions (randomness is passed in), tested exactly.
 
 use std::time::Duration;
 
@@ -8,18 +9,19 @@ use rand::Rng;
 
 use super::step::RetryPolicy;
 
-/// The wait before retry number `attempt` (1 for the first retry): drawn
-/// uniformly from `0..=min(cap, base * 2^(attempt-1))`, then raised to `retry_after`.
+/// The wait before retry number `attempt` (1 for the first retry): the point
+/// `jitter` (drawn uniformly from `0.0..=1.0` by the caller) of
+/// `0..=min(cap, base * 2^(attempt-1))`, then raised to `retry_after`.
 pub fn retry_delay(
     policy: &RetryPolicy,
     attempt: u32,
     retry_after: Option<Duration>,
-    rng: &mut impl Rng,
+    jitter: f64,
 ) -> Duration {
     let exp =
         policy.base.as_millis() as u64 * 2u64.saturating_pow(attempt.saturating_sub(1).min(32));
     let ceiling = exp.min(policy.cap.as_millis() as u64);
-    let drawn = Duration::from_millis(rng.random_range(0..=ceiling));
+    let drawn = Duration::from_millis((ceiling as f64 * jitter.clamp(0.0, 1.0)).round() as u64);
     drawn.max(retry_after.unwrap_or_default())
 }
 
@@ -64,7 +66,7 @@ mod tests {
             (30, 1000),
         ] {
             for _ in 0..200 {
-                let d = retry_delay(&policy(), attempt, None, &mut rng);
+                let d = retry_delay(&policy(), attempt, None, rng.random());
                 assert!(
                     d <= Duration::from_millis(ceiling),
                     "attempt {attempt}: {d:?} > {ceiling} ms"
@@ -77,7 +79,7 @@ mod tests {
     fn jitter_spreads_delays_over_the_whole_range() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let ds: Vec<_> = (0..500)
-            .map(|_| retry_delay(&policy(), 4, None, &mut rng).as_millis())
+            .map(|_| retry_delay(&policy(), 4, None, rng.random()).as_millis())
             .collect();
         assert!(ds.iter().any(|&d| d < 200), "some short delays");
         assert!(ds.iter().any(|&d| d > 600), "some long delays");
@@ -87,7 +89,7 @@ mod tests {
     fn retry_after_is_a_floor() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         for _ in 0..100 {
-            let d = retry_delay(&policy(), 1, Some(Duration::from_secs(1)), &mut rng);
+            let d = retry_delay(&policy(), 1, Some(Duration::from_secs(1)), rng.random());
             assert!(d >= Duration::from_secs(1), "{d:?}");
         }
     }

@@ -1,11 +1,10 @@
-//! Wire formats the engine reads and writes: the request (CONTRACT §4), the
-//! internal step message, and the events (CONTRACT §5). Serde lives here; the
-//! rest of the engine works on the parsed values.
+//! The request (CONTRACT §4): parsed and checked once into a
+//! [`ValidRequest`], or the [`Invalid`] reason an operator reads.
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde_json::Value;
 
-use crate::domain::{valid_request_id, ErrorKind, EventKind, Operation, ProviderId};
+use crate::domain::{valid_request_id, Operation, ProviderId};
 
 /// A request that passed the contract's checks.
 #[derive(Debug, Clone)]
@@ -339,159 +338,6 @@ fn clip(s: &str) -> String {
     out
 }
 
-/// The internal message that carries a request from one step to the next.
-/// Small on purpose: input and outputs live in the ledger.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StepMessage {
-    pub request_id: String,
-    pub provider: String,
-    /// Position in the request's chain of messages; older copies are stale.
-    pub seq: i64,
-    /// Index into the provider's plan.
-    pub step: u32,
-    /// Transient failures of this step so far.
-    #[serde(default)]
-    pub attempt: u32,
-    /// "Not yet" answers of this poll step so far.
-    #[serde(default)]
-    pub polls: u32,
-    /// When this poll step times out (ms since epoch), fixed at its first poll.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub poll_deadline_ms: Option<i64>,
-    /// `Some(null)` stays `Some(null)` through a round trip: a provider's state
-    /// is handed back exactly as it was kept.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present_value"
-    )]
-    pub poll_state: Option<Value>,
-    /// Not to be run before this (ms since epoch); a delay tier may deliver early.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_before_ms: Option<i64>,
-    /// The previous attempt timed out or broke off after the call was sent:
-    /// the provider may have acted on it.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub uncertain: bool,
-    /// The request's `accepted` event is still to be published, before
-    /// anything else of it: set on the message that starts a request, cleared
-    /// on every message after the event was confirmed.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub announce: bool,
-    /// Times the broker refused (nacked) a publish of this step's outcome in
-    /// a row; the onboarding is held back longer each time.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub held: u32,
-    /// The lease holder this message found gone once: taken over if it is
-    /// still gone when asked again, a moment later (a database restart drops
-    /// every worker's liveness lock until the worker takes it again).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gone_holder: Option<String>,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-/// A member that is there is `Some`, even when it is `null` (serde's `Option`
-/// would read `null` as absent).
-fn present_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
-}
-
-impl StepMessage {
-    pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("step message serialises")
-    }
-}
-
-/// `error` of a failed event.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct EventError {
-    pub kind: String,
-    pub step: Option<String>,
-    pub http_status: Option<u16>,
-    pub message: String,
-}
-
-/// An event of CONTRACT §5.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Event {
-    pub event: String,
-    pub request_id: Option<String>,
-    pub provider: Option<String>,
-    pub operation: Option<String>,
-    pub occurred_at: String,
-    pub duration_ms: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<String>,
-    /// For a step done once per list entry (Sharespine's users).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step_index: Option<u32>,
-    pub outputs: Map<String, Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<EventError>,
-}
-
-impl Event {
-    pub fn new(
-        kind: EventKind,
-        request_id: Option<&str>,
-        provider: Option<ProviderId>,
-        operation: Option<Operation>,
-    ) -> Event {
-        Event {
-            event: kind.as_str().into(),
-            request_id: request_id.map(Into::into),
-            provider: provider.map(|p| p.as_str().into()),
-            operation: operation.map(|o| o.as_str().into()),
-            occurred_at: now_rfc3339(),
-            duration_ms: 0,
-            step: None,
-            step_index: None,
-            outputs: Map::new(),
-            error: None,
-        }
-    }
-
-    pub fn failed(
-        mut self,
-        kind: ErrorKind,
-        step: Option<&str>,
-        http_status: Option<u16>,
-        message: String,
-    ) -> Event {
-        self.error = Some(EventError {
-            kind: kind.as_str().into(),
-            step: step.map(Into::into),
-            http_status,
-            message,
-        });
-        self
-    }
-
-    /// `<provider>.<event>`; `unknown.failed` for a message naming no known provider.
-    pub fn routing_key(&self) -> String {
-        format!(
-            "{}.{}",
-            self.provider.as_deref().unwrap_or("unknown"),
-            self.event
-        )
-    }
-
-    pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("event serialises")
-    }
-}
-
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("RFC 3339 formats")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -633,36 +479,13 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.request_id.as_deref(), Some("r-9"));
     }
-
-    #[test]
-    fn step_message_round_trips() {
-        let m = StepMessage {
-            request_id: "r".into(),
-            provider: "sharespine".into(),
-            seq: 3,
-            step: 1,
-            attempt: 2,
-            polls: 0,
-            poll_deadline_ms: Some(5),
-            poll_state: None,
-            not_before_ms: None,
-            uncertain: false,
-            announce: false,
-            held: 0,
-            gone_holder: None,
-        };
-        assert_eq!(
-            serde_json::from_slice::<StepMessage>(&m.to_bytes()).unwrap(),
-            m
-        );
-    }
 }
 
-/// Property tests: the request_id rule through [`parse_request`], and the
-/// round trips of the step message and the event (serialise, parse, same value).
+/// Property tests of the request_id rule through [`parse_request`].
 #[cfg(test)]
 mod properties {
     use super::*;
+    use crate::engine::wire::strategies::json_value;
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -695,35 +518,6 @@ mod properties {
         .prop_filter("outside A-Z a-z 0-9 . _ : -", |c| {
             !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
         })
-    }
-
-    /// Any JSON value, a few levels deep. Floats have at most 15 significant
-    /// digits: serde_json without its `float_roundtrip` feature may read an
-    /// arbitrary f64 back one ulp off (proptest found -3.2966300866829935e-147),
-    /// which these round trips would report; values providers return (ids,
-    /// amounts, flags) are far from that.
-    fn json_value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(|n| json!(n)),
-            any::<u64>().prop_map(|n| json!(n)),
-            (-999_999_999_999i64..999_999_999_999, 0u32..6)
-                .prop_map(|(n, scale)| json!(n as f64 / 10f64.powi(scale as i32))),
-            any::<String>().prop_map(Value::String),
-        ];
-        leaf.prop_recursive(3, 32, 6, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-                prop::collection::btree_map(any::<String>(), inner, 0..6)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
-    }
-
-    fn json_map() -> impl Strategy<Value = Map<String, Value>> {
-        prop::collection::btree_map(any::<String>(), json_value(), 0..6)
-            .prop_map(|m| m.into_iter().collect())
     }
 
     proptest! {
@@ -780,59 +574,6 @@ mod properties {
                 prop_assert!(!e.message.chars().any(char::is_control), "{:?}", e.message);
             }
         }
-
-        #[test]
-        fn a_step_message_round_trips(
-            request_id in VALID_ID,
-            provider in "[a-z_]{1,16}",
-            seq in any::<i64>(),
-            step in any::<u32>(),
-            attempt in any::<u32>(),
-            polls in any::<u32>(),
-            poll_deadline_ms in any::<Option<i64>>(),
-            poll_state in prop::option::of(json_value()),
-            not_before_ms in any::<Option<i64>>(),
-            uncertain in any::<bool>(),
-            announce in any::<bool>(),
-            held in any::<u32>(),
-        ) {
-            let m = StepMessage {
-                request_id, provider, seq, step, attempt, polls,
-                poll_deadline_ms, poll_state, not_before_ms, uncertain, announce, held,
-                gone_holder: None,
-            };
-            let back: StepMessage = serde_json::from_slice(&m.to_bytes()).unwrap();
-            prop_assert_eq!(back, m);
-        }
-
-        #[test]
-        fn an_event_round_trips(
-            event in prop::sample::select(vec!["accepted", "step_completed", "completed", "failed"]),
-            request_id in prop::option::of(any::<String>()),
-            provider in prop::option::of(any::<String>()),
-            operation in prop::option::of(any::<String>()),
-            occurred_at in any::<String>(),
-            duration_ms in any::<i64>(),
-            step in prop::option::of(any::<String>()),
-            step_index in any::<Option<u32>>(),
-            outputs in json_map(),
-            error in prop::option::of((
-                any::<String>(),
-                prop::option::of(any::<String>()),
-                any::<Option<u16>>(),
-                any::<String>(),
-            )),
-        ) {
-            let e = Event {
-                event: event.to_string(), request_id, provider, operation, occurred_at,
-                duration_ms, step, step_index, outputs,
-                error: error.map(|(kind, step, http_status, message)| EventError {
-                    kind, step, http_status, message,
-                }),
-            };
-            let back: Event = serde_json::from_slice(&e.to_bytes()).unwrap();
-            prop_assert_eq!(back, e);
-        }
     }
 
     #[test]
@@ -840,29 +581,5 @@ mod properties {
         let e = parse("").unwrap_err();
         assert!(e.message.contains("it is empty"), "{}", e.message);
         assert_eq!(e.request_id, None);
-    }
-
-    #[test]
-    fn a_poll_state_of_null_stays_null() {
-        let m = StepMessage {
-            request_id: "r".into(),
-            provider: "magento_bi".into(),
-            seq: 1,
-            step: 1,
-            attempt: 0,
-            polls: 1,
-            poll_deadline_ms: None,
-            poll_state: Some(Value::Null),
-            not_before_ms: None,
-            uncertain: false,
-            announce: false,
-            held: 0,
-            gone_holder: None,
-        };
-        let back: StepMessage = serde_json::from_slice(&m.to_bytes()).unwrap();
-        assert_eq!(back.poll_state, Some(Value::Null));
-        let absent: StepMessage =
-            serde_json::from_str(r#"{"request_id":"r","provider":"p","seq":0,"step":0}"#).unwrap();
-        assert_eq!(absent.poll_state, None);
     }
 }
