@@ -8,49 +8,26 @@
 //! started again whatever happens (a guard). Needs `rabbitmqctl` on PATH and
 //! the right to run it (root, as `scripts/services.sh` sets the broker up).
 
-#[path = "it/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
+mod support;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use onboarding_worker::broker::admin::Admin;
 use onboarding_worker::ledger::Status;
 use serde_json::{json, Value};
 
-use helpers::*;
+use crate::support::env::{wait_until, TestEnv};
+use crate::support::management::Take;
+use crate::support::processes::{listening, rabbitmqctl, readyz};
+use crate::support::prometheus::metric_value;
+use crate::support::requests::sharespine_request;
 
 const REQUESTS: usize = 20;
 /// Where the test keeps every event, across the restart (durable, quorum).
 const EVENTS_QUEUE: &str = "test.events";
-
-fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `rabbitmqctl {}`: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`rabbitmqctl {}` failed ({}): {}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn listening(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(
-        &format!("127.0.0.1:{port}").parse().unwrap(),
-        Duration::from_millis(500),
-    )
-    .is_ok()
-}
+/// How long a port check waits for an answer.
+const PORT_CHECK: Duration = Duration::from_millis(500);
 
 /// Starts the broker's application and waits until AMQP and the management
 /// API answer. Idempotent: `start_app` on a running node does nothing.
@@ -58,7 +35,7 @@ fn start_broker() -> Result<(), String> {
     rabbitmqctl(&["start_app"])?;
     rabbitmqctl(&["await_startup"])?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !(listening(5672) && listening(15672)) {
+    while !(listening(5672, PORT_CHECK) && listening(15672, PORT_CHECK)) {
         if Instant::now() > deadline {
             return Err("RabbitMQ's ports 5672 and 15672 did not open within 60 s".into());
         }
@@ -84,35 +61,9 @@ impl Drop for BrokerComesBack {
     }
 }
 
-async fn readyz(client: &reqwest::Client, url: &str) -> Option<u16> {
-    client
-        .get(url)
-        .send()
-        .await
-        .ok()
-        .map(|r| r.status().as_u16())
-}
-
-/// Every message in the test's events queue, left there (management API,
-/// `ack_requeue_true`: a read that times out loses nothing). `None` when the
-/// management API did not answer.
-async fn read_events(client: &reqwest::Client, vhost: &str) -> Option<Vec<Value>> {
-    let url = format!("http://127.0.0.1:15672/api/queues/{vhost}/{EVENTS_QUEUE}/get");
-    let answer = client
-        .post(url)
-        .basic_auth("guest", Some("guest"))
-        .timeout(Duration::from_secs(15))
-        .json(&json!({"count": 5000, "ackmode": "ack_requeue_true", "encoding": "auto"}))
-        .send()
-        .await
-        .ok()?;
-    let messages: Vec<Value> = answer.json().await.ok()?;
-    Some(
-        messages
-            .iter()
-            .filter_map(|m| serde_json::from_str(m["payload"].as_str()?).ok())
-            .collect(),
-    )
+/// The status of the worker's `/readyz`; `None` when it does not answer.
+async fn ready_status(client: &reqwest::Client, port: u16) -> Option<u16> {
+    readyz(client, port).await.map(|(status, _)| status)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,27 +74,21 @@ async fn a_broker_restart_with_onboardings_in_flight_is_survived_and_each_comple
         s.providers.sharespine.calls.concurrency = 4;
     })
     .await;
-    let vhost = env.vhost.name.clone();
-    let (s, b) = mgmt(
-        "PUT",
-        &format!("/api/queues/{vhost}/{EVENTS_QUEUE}"),
-        Some(r#"{"durable":true,"arguments":{"x-queue-type":"quorum"}}"#),
-    );
-    assert!(s == 201 || s == 204, "declare {EVENTS_QUEUE}: {s} {b}");
-    let (s, b) = mgmt(
-        "POST",
-        &format!("/api/bindings/{vhost}/e/onboarding.events/q/{EVENTS_QUEUE}"),
-        Some(r##"{"routing_key":"#"}"##),
-    );
-    assert!(s == 201 || s == 204, "bind {EVENTS_QUEUE}: {s} {b}");
+    env.vhost
+        .declare_queue(
+            EVENTS_QUEUE,
+            json!({"durable": true, "arguments": {"x-queue-type": "quorum"}}),
+        )
+        .await;
+    env.vhost.bind("onboarding.events", EVENTS_QUEUE, "#").await;
 
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    let readyz_url = format!("http://{}/readyz", env.worker().metrics_addr);
+    let metrics_port = env.worker().metrics_addr.port();
     assert_eq!(
-        readyz(&client, &readyz_url).await,
+        ready_status(&client, metrics_port).await,
         Some(200),
         "ready at first"
     );
@@ -170,7 +115,7 @@ async fn a_broker_restart_with_onboardings_in_flight_is_survived_and_each_comple
         .expect("stop the broker");
     let stop_took = started.elapsed();
     let users_at_stop: usize = sharespine.tenants().iter().map(|t| t.users.len()).sum();
-    assert!(!listening(5672), "the broker is down");
+    assert!(!listening(5672, PORT_CHECK), "the broker is down");
     assert!(
         users_at_stop < REQUESTS * 3,
         "onboardings still in flight when the broker went away ({users_at_stop} users made)"
@@ -178,7 +123,7 @@ async fn a_broker_restart_with_onboardings_in_flight_is_survived_and_each_comple
     let mut not_ready = 0;
     let deadline = Instant::now() + Duration::from_secs(10);
     while not_ready < 5 {
-        match readyz(&client, &readyz_url).await {
+        match ready_status(&client, metrics_port).await {
             Some(503) => not_ready += 1,
             other => {
                 not_ready = 0;
@@ -199,7 +144,7 @@ async fn a_broker_restart_with_onboardings_in_flight_is_survived_and_each_comple
     let back_after = started.elapsed();
     guard.armed = false;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while readyz(&client, &readyz_url).await != Some(200) {
+    while ready_status(&client, metrics_port).await != Some(200) {
         assert!(
             Instant::now() < deadline,
             "/readyz not 200 within 30 s of the broker's return"
@@ -232,14 +177,19 @@ async fn a_broker_restart_with_onboardings_in_flight_is_survived_and_each_comple
             "{} of {REQUESTS} not completed in the ledger 60 s after the broker's return \
              (status, cursor, steps done, current step): {open:#?}\nworker queues: {:?}",
             open.len(),
-            env.vhost.busy_queues()
+            env.vhost.busy_queues().await
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Their `completed` events were published and confirmed (at least once).
     let deadline = Instant::now() + Duration::from_secs(20);
     let events = loop {
-        let events = read_events(&client, &vhost).await.unwrap_or_default();
+        // Read and left in place: a read that times out loses nothing.
+        let events = env
+            .vhost
+            .try_take(EVENTS_QUEUE, 5000, Take::Requeue)
+            .await
+            .unwrap_or_default();
         let without: Vec<&String> = ids
             .iter()
             .filter(|id| {
@@ -300,7 +250,7 @@ async fn a_broker_restart_with_onboardings_in_flight_is_survived_and_each_comple
     let mut quiet = 0;
     while quiet < 3 {
         tokio::time::sleep(Duration::from_millis(600)).await;
-        let busy = env.vhost.busy_queues();
+        let busy = env.vhost.busy_queues().await;
         quiet = if busy.is_empty() { quiet + 1 } else { 0 };
         assert!(
             Instant::now() < deadline,

@@ -5,7 +5,6 @@
 //! inputs the fuzzer added (hash names) only have to pass the checks.
 
 #[path = "../fuzz/src/lib.rs"]
-#[allow(dead_code)]
 mod front_door_fuzz;
 
 use std::path::PathBuf;

@@ -9,24 +9,23 @@
 //! no other test may be using meanwhile (cargo runs test binaries one after
 //! another). The server is started again whatever happens (a guard).
 
-#[path = "it/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
-#[path = "it/pg.rs"]
-mod pg;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use onboarding_worker::config::Secret;
 use onboarding_worker::ledger::Status;
 
-use helpers::*;
+use crate::support::env::{wait_until, TestEnv};
+use crate::support::pg::{PgDatabase, StoppedServer};
+use crate::support::prometheus::metric_value;
+use crate::support::requests::sharespine_request;
 
 const REQUESTS: usize = 6;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ledger_away_longer_than_a_delivery_s_life_pauses_the_worker_and_loses_nothing() {
-    let db = pg::PgDatabase::create().await;
+    let db = PgDatabase::create().await;
     let url = db.url.clone();
     let env = TestEnv::prepare(move |s| s.ledger.url = Secret::new(url))
         .await
@@ -49,7 +48,7 @@ async fn a_ledger_away_longer_than_a_delivery_s_life_pauses_the_worker_and_loses
 
     let health = env.worker().health.clone();
     let stopped_at = Instant::now();
-    let server = pg::StoppedServer::stop();
+    let server = StoppedServer::stop();
     wait_until(Duration::from_secs(30), || !health.is_ready()).await;
     let not_ready_after = stopped_at.elapsed();
     let calls_when_down = env.sandbox.sharespine.knobs.all_calls();
@@ -64,8 +63,8 @@ async fn a_ledger_away_longer_than_a_delivery_s_life_pauses_the_worker_and_loses
         Some(1.0),
         "the pause is visible"
     );
-    let requests_counts = env.vhost.queue_counts("onboarding.requests");
-    let steps_counts = env.vhost.queue_counts("onboarding.steps.sharespine");
+    let requests_counts = env.vhost.queue_counts("onboarding.requests").await;
+    let steps_counts = env.vhost.queue_counts("onboarding.steps.sharespine").await;
     let started_at = Instant::now();
     server.start();
     wait_until(Duration::from_secs(30), || health.is_ready()).await;

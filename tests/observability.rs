@@ -6,21 +6,21 @@
 //! `prometheus` and `docker-compose` packages): `bash scripts/services.sh`
 //! installs them (and starts RabbitMQ, which these tests use as well).
 
-#[path = "it/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
+mod support;
 
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use onboarding_worker::sandbox::faults::{Fault, FaultRule};
 use serde_json::Value;
 
-use helpers::*;
+use crate::support::env::TestEnv;
+use crate::support::processes::{free_port, KillOnDrop};
+use crate::support::requests::sharespine_request;
 
 const DASHBOARD: &str = "deploy/grafana/dashboards/onboarding-worker.json";
 
@@ -53,16 +53,6 @@ fn rule(method: &str, path_contains: &str, fault: Fault, times: u32) -> FaultRul
 
 // ---- a real Prometheus ------------------------------------------------------
 
-/// A child process killed (and reaped) when dropped, also when an assert fails.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A `prometheus` process scraping one target every second, with its storage
 /// in a temporary directory; killed when dropped.
 struct Prometheus {
@@ -93,9 +83,7 @@ impl Prometheus {
         let log_path = dir.path().join("prometheus.log");
         // A free port can be taken by someone else before Prometheus binds it: try a few.
         for _ in 0..3 {
-            let addr = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .unwrap();
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let log = std::fs::File::create(&log_path).unwrap();
             let mut process = KillOnDrop(
                 Command::new(&binary)

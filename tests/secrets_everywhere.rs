@@ -6,14 +6,14 @@
 //! Basic-encoded and URL-encoded. Its own test binary, so trace logging does
 //! not slow the other tests.
 
-#[path = "it/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
+mod support;
 
 use std::time::Duration;
 
+use crate::support::env::{captured_logs, TestEnv};
+use crate::support::prometheus::metric_value;
+use crate::support::requests::sharespine_request;
 use base64::Engine as _;
-use helpers::*;
 use onboarding_worker::demo::sample_requests;
 use onboarding_worker::sandbox::faults::{Fault, FaultRule};
 

@@ -6,9 +6,7 @@
 //! `localhost` made by the `openssl` CLI; both come from `bash scripts/services.sh`.
 //! (Provider calls over https:// are covered by a unit test in src/providers/http.rs.)
 
-#[path = "it/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
+mod support;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -19,7 +17,10 @@ use onboarding_worker::config::Secret;
 use onboarding_worker::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
-use helpers::*;
+use crate::support::env::{captured_logs, test_settings, TestEnv};
+use crate::support::processes::free_port;
+use crate::support::requests::sharespine_request;
+use crate::support::vhost::Vhost;
 
 const BOUND: Duration = Duration::from_secs(90);
 
@@ -114,11 +115,7 @@ impl TlsListener {
     fn start() -> (TlsListener, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let certs = make_certificates(dir.path());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let conf = dir.path().join("stunnel.conf");
         std::fs::write(
             &conf,
@@ -214,7 +211,7 @@ async fn an_amqps_url_without_the_ca_is_refused_and_the_worker_stays_up_not_read
     bounded(async {
         let logs = captured_logs();
         let (tls, _ca) = TlsListener::start();
-        let vhost = Vhost::new();
+        let vhost = Vhost::new().await;
         let ledger = tempfile::tempdir().unwrap();
         let mut settings = test_settings(&vhost, ledger.path());
         settings.amqp.url = Secret::new(tls.amqps_url(&vhost.name));

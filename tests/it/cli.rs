@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use onboarding_worker::sandbox::faults::{Fault, FaultRule};
 use serde_json::Value;
 
-use crate::helpers::*;
+use crate::support::env::{wait_until, TestEnv};
+use crate::support::requests::{sharespine_request, steps_of};
 
 const BIN: &str = env!("CARGO_BIN_EXE_onboarding-worker");
 

@@ -14,7 +14,9 @@ use onboarding_worker::sandbox::computestacks::{
 use onboarding_worker::sandbox::faults::{Fault, FaultRule};
 use serde_json::{json, Value};
 
-use crate::helpers::*;
+use crate::support::env::{captured_logs, TestEnv};
+use crate::support::prometheus::metric_value;
+use crate::support::requests::steps_of;
 
 const STEP_QUEUE: &str = "onboarding.steps.computestacks";
 const USER_PASSWORD: &str = "user-pass-Zq7-secret";
@@ -89,12 +91,8 @@ async fn waiting_in_delay_queues(env: &TestEnv) -> u32 {
 }
 
 /// The value of a counter or gauge in `/metrics` text, 0 when absent.
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| labels.iter().all(|label| l.contains(label)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_value(text, name, labels).unwrap_or(0.0)
 }
 
 /// Waits until every request of `ids` has finished placing its order.
@@ -563,7 +561,7 @@ async fn an_order_the_provider_fails_ends_job_failed_at_poll_order() {
         metric(
             &metrics,
             "onboarding_requests_total",
-            &[r#"provider="computestacks""#, r#"outcome="job_failed""#]
+            &[("provider", "computestacks"), ("outcome", "job_failed")]
         ),
         1.0
     );
@@ -608,11 +606,11 @@ async fn twenty_five_second_orders_all_wait_in_delay_queues_at_once_with_nothing
             in_flight_when_all_waiting.push(metric(
                 &m,
                 "onboarding_steps_in_flight",
-                &[r#"provider="computestacks""#],
+                &[("provider", "computestacks")],
             ));
         }
         if let Some(at) = all_waiting_at {
-            let counts = tokio::task::block_in_place(|| env.vhost.queue_counts(STEP_QUEUE));
+            let counts = env.vhost.queue_counts(STEP_QUEUE).await;
             step_queue_samples.push(counts);
             // Long enough for two rounds of the management API's statistics.
             if started.elapsed() > at + Duration::from_millis(1200) {
@@ -662,7 +660,7 @@ async fn twenty_five_second_orders_all_wait_in_delay_queues_at_once_with_nothing
     let not_yet = metric(
         &metrics,
         "onboarding_polls_total",
-        &[r#"provider="computestacks""#, r#"step="poll_order""#],
+        &[("provider", "computestacks"), ("step", "poll_order")],
     );
     let gets = cs.knobs.calls("GET /api/orders/{id}");
     let (min_wait, max_wait) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
@@ -749,7 +747,7 @@ async fn a_worker_stopped_while_orders_are_pending_is_replaced_and_each_request_
 
 /// A worker process for these tests: polls every 200 to 500 ms.
 fn spawn_worker_process(env: &TestEnv, log: &std::path::Path) -> Child {
-    crate::helpers::spawn_worker_process(
+    crate::support::processes::spawn_worker_process(
         env,
         &[
             (

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::*;
+use crate::support::env::TestEnv;
+use crate::support::requests::sharespine_request;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_messages_fail_as_invalid_request_and_are_kept_whole_in_dead() {

@@ -15,44 +15,11 @@ use onboarding_worker::metrics::Metrics;
 use onboarding_worker::sandbox::faults::{Fault, FaultRule};
 use serde_json::{json, Value};
 
-use crate::helpers::*;
-
-/// Publishes `payload` through the management API, with `headers`.
-fn publish_json(vhost: &str, exchange: &str, routing_key: &str, payload: &Value, headers: Value) {
-    let body = json!({
-        "properties": {"delivery_mode": 2, "content_type": "application/json", "headers": headers},
-        "routing_key": routing_key,
-        "payload": payload.to_string(),
-        "payload_encoding": "string",
-    });
-    let (s, b) = mgmt(
-        "POST",
-        &format!("/api/exchanges/{vhost}/{exchange}/publish"),
-        Some(&body.to_string()),
-    );
-    assert_eq!(s, 200, "publish to {exchange:?}: {b}");
-    assert!(b.contains("\"routed\":true"), "routed: {b}");
-}
-
-/// Takes up to `count` messages off `queue` (acknowledged), as JSON values.
-fn take(vhost: &str, queue: &str, count: u32) -> Vec<Value> {
-    let (s, b) = mgmt(
-        "POST",
-        &format!("/api/queues/{vhost}/{queue}/get"),
-        Some(
-            &json!({"count": count, "ackmode": "ack_requeue_false", "encoding": "auto"})
-                .to_string(),
-        ),
-    );
-    assert_eq!(s, 200, "get from {queue}: {b}");
-    let messages: Vec<Value> = serde_json::from_str(&b).unwrap_or_default();
-    messages
-        .iter()
-        .map(|m| {
-            serde_json::from_str(m["payload"].as_str().unwrap_or("null")).unwrap_or(Value::Null)
-        })
-        .collect()
-}
+use crate::support::env::{wait_until, wait_until_async, TestEnv};
+use crate::support::management::Take;
+use crate::support::prometheus::metric_value;
+use crate::support::requests::sharespine_request;
+use crate::support::vhost::Vhost;
 
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     metric_value(text, name, labels).unwrap_or(0.0)
@@ -87,33 +54,28 @@ fn watch_readiness(env: &TestEnv) -> Arc<Mutex<(Option<Instant>, Option<Instant>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_reaches_a_full_reject_publish_subscriber_once_it_drains() {
     let env = TestEnv::start().await;
-    let v = env.vhost.name.clone();
     // A subscriber's bounded queue, already full.
-    let (s, b) = mgmt(
-        "PUT",
-        &format!("/api/queues/{v}/subscriber"),
-        Some(r#"{"durable":true,"arguments":{"x-max-length":3,"x-overflow":"reject-publish"}}"#),
-    );
-    assert!(s == 201 || s == 204, "declare subscriber: {s} {b}");
-    let (s, b) = mgmt(
-        "POST",
-        &format!("/api/bindings/{v}/e/onboarding.events/q/subscriber"),
-        Some(r##"{"routing_key":"#"}"##),
-    );
-    assert!(s == 201 || s == 204, "bind subscriber: {s} {b}");
-    for i in 0..3 {
-        publish_json(
-            &v,
-            "amq.default",
+    env.vhost
+        .declare_queue(
             "subscriber",
-            &json!({"filler": i}),
-            json!({}),
-        );
+            json!({"durable": true, "arguments": {"x-max-length": 3, "x-overflow": "reject-publish"}}),
+        )
+        .await;
+    env.vhost.bind("onboarding.events", "subscriber", "#").await;
+    for i in 0..3 {
+        env.vhost
+            .publish_json(
+                "amq.default",
+                "subscriber",
+                &json!({"filler": i}),
+                json!({}),
+            )
+            .await;
     }
     // Full by construction (three routed into a queue of three); the
     // management API counts them a statistics round or more later.
-    wait_until(Duration::from_secs(30), || {
-        env.vhost.queue_counts("subscriber").0 == 3
+    wait_until_async(Duration::from_secs(30), async || {
+        env.vhost.queue_counts("subscriber").await.0 == 3
     })
     .await;
 
@@ -154,7 +116,9 @@ async fn every_event_reaches_a_full_reject_publish_subscriber_once_it_drains() {
             "the subscriber did not receive both completions; got {received:#?}"
         );
         received.extend(
-            take(&v, "subscriber", 2)
+            env.vhost
+                .take("subscriber", 2, Take::Remove)
+                .await
                 .into_iter()
                 .filter(|e| e.get("filler").is_none()),
         );
@@ -201,14 +165,8 @@ async fn every_event_reaches_a_full_reject_publish_subscriber_once_it_drains() {
 async fn a_step_queue_deleted_under_the_worker_is_noticed_declared_again_and_no_request_is_lost() {
     let env = TestEnv::start().await;
     let readiness = watch_readiness(&env);
-    let v = env.vhost.name.clone();
     let deleted_at = Instant::now();
-    let (s, b) = mgmt(
-        "DELETE",
-        &format!("/api/queues/{v}/onboarding.steps.sharespine"),
-        None,
-    );
-    assert!(s == 204 || s == 200, "delete the step queue: {s} {b}");
+    env.vhost.delete_queue("onboarding.steps.sharespine").await;
     // Published at once, while the queue is gone: their first step is unroutable.
     let ids = ["gone-1", "gone-2", "gone-3", "gone-4"];
     for id in ids {
@@ -236,12 +194,13 @@ async fn a_step_queue_deleted_under_the_worker_is_noticed_declared_again_and_no_
         "the cancelled consumer is counted"
     );
     // The topology is back: the queue exists and is consumed.
-    let (status, _) = mgmt(
-        "GET",
-        &format!("/api/queues/{v}/onboarding.steps.sharespine"),
-        None,
+    assert!(
+        env.vhost
+            .queue("onboarding.steps.sharespine")
+            .await
+            .is_some(),
+        "the step queue was declared again"
     );
-    assert_eq!(status, 200, "the step queue was declared again");
     assert_eq!(
         env.sandbox.sharespine.tenants().len(),
         ids.len(),
@@ -279,16 +238,11 @@ async fn a_step_queue_deleted_under_the_worker_is_noticed_declared_again_and_no_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_unroutable_publish_is_a_failure_of_its_own_message_however_many_are_in_flight() {
-    let vhost = Vhost::new();
+    let vhost = Vhost::new().await;
     let admin = onboarding_worker::broker::admin::Admin::connect(&vhost.amqp_url())
         .await
         .expect("admin connects and declares the topology");
-    let (s, b) = mgmt(
-        "DELETE",
-        &format!("/api/queues/{}/onboarding.steps.computestacks", vhost.name),
-        None,
-    );
-    assert!(s == 204 || s == 200, "delete a step queue: {s} {b}");
+    vhost.delete_queue("onboarding.steps.computestacks").await;
     let conn = broker::connect(&vhost.amqp_url(), "test-transport", None)
         .await
         .expect("connects");
@@ -326,7 +280,7 @@ async fn every_unroutable_publish_is_a_failure_of_its_own_message_however_many_a
     let started = Instant::now();
     let mut counted = (0, 0);
     while started.elapsed() < Duration::from_secs(30) {
-        counted = vhost.queue_counts("onboarding.steps.sharespine");
+        counted = vhost.queue_counts("onboarding.steps.sharespine").await;
         if counted.0 == 3 * 80 {
             break;
         }
@@ -350,12 +304,7 @@ async fn a_channel_closed_by_a_channel_error_is_noticed_and_the_onboarding_compl
         fault: Fault::RateLimited { retry_after_s: 1 },
         times: 1,
     });
-    let (s, b) = mgmt(
-        "DELETE",
-        &format!("/api/exchanges/{}/onboarding.delay", env.vhost.name),
-        None,
-    );
-    assert!(s == 204 || s == 200, "delete the delay exchange: {s} {b}");
+    env.vhost.delete_exchange("onboarding.delay").await;
     env.publish(&sharespine_request("closed-1", "closed", &["anna"], None))
         .await;
     let done = env.final_event("closed-1", Duration::from_secs(60)).await;
@@ -378,12 +327,10 @@ async fn a_channel_closed_by_a_channel_error_is_noticed_and_the_onboarding_compl
         down.is_some() && up.is_some(),
         "/readyz was not-ready meanwhile and came back"
     );
-    let (status, _) = mgmt(
-        "GET",
-        &format!("/api/exchanges/{}/onboarding.delay", env.vhost.name),
-        None,
+    assert!(
+        env.vhost.exchange_exists("onboarding.delay").await,
+        "the delay exchange was declared again"
     );
-    assert_eq!(status, 200, "the delay exchange was declared again");
     assert_eq!(env.sandbox.sharespine.tenants().len(), 1, "one tenant");
     env.shutdown().await;
 }
@@ -422,13 +369,14 @@ async fn a_step_that_outlasts_its_lease_keeps_it_and_its_create_is_not_repeated(
     // A copy of the running step message (as a redelivery after a lost ack
     // would be), arriving after the lease's first length has passed.
     tokio::time::sleep(Duration::from_millis(1800)).await;
-    publish_json(
-        &env.vhost.name,
-        "onboarding.steps",
-        "now.computestacks",
-        &json!({"request_id": id, "provider": "computestacks", "seq": 2, "step": 2}),
-        json!({}),
-    );
+    env.vhost
+        .publish_json(
+            "onboarding.steps",
+            "now.computestacks",
+            &json!({"request_id": id, "provider": "computestacks", "seq": 2, "step": 2}),
+            json!({}),
+        )
+        .await;
     let done = env.final_event(id, Duration::from_secs(30)).await;
     assert_eq!(done["event"], "completed", "{done:#}");
     // Let the copy come round and be dropped.
@@ -452,13 +400,14 @@ async fn a_step_that_outlasts_its_lease_keeps_it_and_its_create_is_not_repeated(
 async fn a_request_whose_header_names_another_request_is_invalid_kept_whole_and_calls_nothing() {
     let env = TestEnv::start().await;
     let request = sharespine_request("body-id-1", "mixup", &["anna"], None);
-    publish_json(
-        &env.vhost.name,
-        "onboarding.requests",
-        "test",
-        &request,
-        json!({"request_id": "header-id-9"}),
-    );
+    env.vhost
+        .publish_json(
+            "onboarding.requests",
+            "test",
+            &request,
+            json!({"request_id": "header-id-9"}),
+        )
+        .await;
     let failed = env
         .wait_event(Duration::from_secs(20), |e| e["event"] == "failed")
         .await;
@@ -500,13 +449,14 @@ async fn a_message_that_keeps_failing_ends_failed_exhausted_before_the_broker_s_
     let env = TestEnv::start_with(|s| s.worker.give_up_after_deliveries = 3).await;
     // A step message for a request this worker's ledger does not hold: it
     // fails every time (workers on different ledgers, or a wiped one).
-    publish_json(
-        &env.vhost.name,
-        "onboarding.steps",
-        "now.sharespine",
-        &json!({"request_id": "ghost-1", "provider": "sharespine", "seq": 0, "step": 0}),
-        json!({}),
-    );
+    env.vhost
+        .publish_json(
+            "onboarding.steps",
+            "now.sharespine",
+            &json!({"request_id": "ghost-1", "provider": "sharespine", "seq": 0, "step": 0}),
+            json!({}),
+        )
+        .await;
     let failed = env.final_event("ghost-1", Duration::from_secs(30)).await;
     assert_eq!(failed["event"], "failed");
     assert_eq!(failed["error"]["kind"], "exhausted", "{failed:#}");
@@ -516,7 +466,7 @@ async fn a_message_that_keeps_failing_ends_failed_exhausted_before_the_broker_s_
     assert_eq!(dead.len(), 1, "kept in onboarding.dead");
     assert_eq!(dead[0].error_kind.as_deref(), Some("exhausted"));
     assert_eq!(
-        env.vhost.queue_counts("onboarding.steps.sharespine"),
+        env.vhost.queue_counts("onboarding.steps.sharespine").await,
         (0, 0)
     );
     env.shutdown().await;

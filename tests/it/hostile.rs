@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use onboarding_worker::broker::topology;
 use onboarding_worker::engine::REPLAY_HEADER;
 
-use crate::helpers::*;
+use crate::support::env::TestEnv;
+use crate::support::requests::sharespine_request;
 
 const MIB: usize = 1024 * 1024;
 
@@ -424,7 +425,10 @@ async fn hostile_requests_fail_as_invalid_request_and_the_worker_goes_on() {
     );
     assert_eq!(env.sandbox.sharespine.tenants().len(), 1);
     // Nothing went back to the queue to come round again.
-    assert_eq!(env.vhost.queue_counts(topology::REQUESTS_QUEUE), (0, 0));
+    assert_eq!(
+        env.vhost.queue_counts(topology::REQUESTS_QUEUE).await,
+        (0, 0)
+    );
     let _ = conn.close(200, "done".into()).await;
     env.shutdown().await;
 }

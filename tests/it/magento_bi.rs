@@ -16,7 +16,9 @@ use onboarding_worker::sandbox::magento_bi::{
 };
 use serde_json::Value;
 
-use crate::helpers::*;
+use crate::support::env::{captured_logs, TestEnv};
+use crate::support::prometheus::metric_value;
+use crate::support::requests::{magento_request, steps_of};
 
 /// The contract's step order.
 const STEPS: [&str; 10] = [
@@ -157,7 +159,7 @@ async fn a_full_onboarding_completes_with_the_ten_steps_in_order_and_outputs_the
         "onboarding.steps.magento_bi",
         "onboarding.dead",
     ] {
-        assert_eq!(env.vhost.queue_counts(q), (0, 0), "{q} is empty");
+        assert_eq!(env.vhost.queue_counts(q).await, (0, 0), "{q} is empty");
     }
     env.shutdown().await;
 }

@@ -2,7 +2,8 @@
 //! port 0, a temporary SQLite ledger, and the worker started in-process (or as
 //! the built binary where a test kills it).
 //!
-//! - `helpers`: `TestEnv`, the broker's management API, log capture.
+//! - `support` (`tests/support/`, shared with the other test binaries):
+//!   `TestEnv`, the broker's management API, PostgreSQL, metrics, requests.
 //! - `front_door`: invalid messages end in `failed` and `onboarding.dead`.
 //! - `hostile`: hostile requests (nesting, sizes, forged headers, look-alikes) fail cleanly.
 //! - `sharespine`: the step engine end to end on Sharespine.
@@ -13,7 +14,6 @@
 //!   redirect loops, empty 4xx, resets mid-response: each ends in its contract class.
 //! - `scale_out`: several broker nodes, a killed worker taken over at once, a
 //!   provider's rate limit shared by every worker.
-//! - `pg`: a PostgreSQL database of a test's own.
 //! - `secrets`: nothing configured as secret shows anywhere.
 //! - `computestacks`, `magento_bi`: those providers end to end.
 //! - `cli`: the binary as operators use it (config errors, SIGTERM, status, dead).
@@ -22,13 +22,14 @@ mod cli;
 mod computestacks;
 mod front_door;
 mod guarantees;
-mod helpers;
 mod hostile;
 mod magento_bi;
 mod misbehaving;
-#[allow(dead_code)]
-mod pg;
 mod resilience;
 mod scale_out;
 mod secrets;
 mod sharespine;
+// A folder binary's `mod` lines resolve inside `tests/it/`; the support shared
+// by every test binary is one level up.
+#[path = "../support/mod.rs"]
+mod support;

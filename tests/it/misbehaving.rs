@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use onboarding_worker::sandbox::faults::{Fault, FaultRule};
 use serde_json::{json, Value};
 
-use crate::helpers::*;
+use crate::support::env::TestEnv;
+use crate::support::prometheus::metric_value;
+use crate::support::requests::sharespine_request;
 
 /// Attempts per step in these tests (the limited faults strike twice, so the third succeeds).
 const ATTEMPTS: u32 = 3;

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use onboarding_worker::sandbox::faults::{Fault, FaultRule};
 
-use crate::helpers::*;
+use crate::support::env::{wait_until, TestEnv};
+use crate::support::processes::spawn_worker_process;
+use crate::support::requests::sharespine_request;
 
 fn rule(method: &str, path: &str, fault: Fault, times: u32) -> FaultRule {
     FaultRule {
@@ -268,7 +270,7 @@ async fn a_force_closed_broker_connection_is_reopened_and_the_onboarding_complet
     .await;
     let readyz = format!("http://{}/readyz", env.worker().metrics_addr);
     assert!(
-        env.vhost.close_worker_connections() >= 1,
+        env.vhost.close_worker_connections().await >= 1,
         "the worker's connection was there to close"
     );
     wait_until(Duration::from_secs(5), || !env.worker().health.is_ready()).await;

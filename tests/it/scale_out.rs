@@ -9,7 +9,10 @@ use onboarding_worker::sandbox::faults::{Fault, FaultRule};
 use onboarding_worker::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::*;
+use crate::support::env::{wait_until, TestEnv};
+use crate::support::processes::spawn_worker_process;
+use crate::support::prometheus::metric_value;
+use crate::support::requests::sharespine_request;
 
 async fn readyz(env: &TestEnv) -> String {
     reqwest::get(format!("http://{}/readyz", env.worker().metrics_addr))
@@ -53,7 +56,7 @@ async fn the_worker_uses_the_first_broker_node_that_answers_and_the_next_when_it
         Some(0.0)
     );
     // The node goes away (its connection is closed): the next one is used.
-    assert!(env.vhost.close_worker_connections() >= 1);
+    assert!(env.vhost.close_worker_connections().await >= 1);
     wait_until(Duration::from_secs(10), || {
         env.worker().health.node().as_deref() == Some("localhost:5672")
     })
@@ -153,7 +156,7 @@ async fn a_killed_worker_s_step_is_taken_over_at_once_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_s_step_is_taken_over_at_once_on_postgresql() {
-    let db = crate::pg::PgDatabase::create().await;
+    let db = crate::support::pg::PgDatabase::create().await;
     let recovered = a_killed_worker_s_step_is_taken_over_at_once(Some(db.url.clone())).await;
     eprintln!("figures: postgresql: next step {recovered:?} after the SIGKILL (lease 15 s)");
 }

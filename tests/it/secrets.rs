@@ -5,7 +5,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use onboarding_worker::sandbox::faults::{Fault, FaultRule};
 
-use crate::helpers::*;
+use crate::support::env::{captured_logs, TestEnv};
+use crate::support::requests::sharespine_request;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_configured_secret_appears_in_logs_events_dead_messages_or_metrics() {

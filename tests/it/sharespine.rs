@@ -8,7 +8,9 @@ use onboarding_worker::sandbox::sharespine::{
 };
 use serde_json::{json, Value};
 
-use crate::helpers::*;
+use crate::support::env::TestEnv;
+use crate::support::prometheus::metric_value;
+use crate::support::requests::{sharespine_request, steps_of};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_customer_is_onboarded_with_outputs_equal_to_what_the_sandbox_holds() {
@@ -72,7 +74,7 @@ async fn new_customer_is_onboarded_with_outputs_equal_to_what_the_sandbox_holds(
         "onboarding.steps.sharespine",
         "onboarding.dead",
     ] {
-        assert_eq!(env.vhost.queue_counts(q), (0, 0), "{q} is empty");
+        assert_eq!(env.vhost.queue_counts(q).await, (0, 0), "{q} is empty");
     }
     env.shutdown().await;
 }

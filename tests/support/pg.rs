@@ -1,7 +1,6 @@
 //! A PostgreSQL database of a test's own on the test server
 //! (`ONBOARDING_TEST_POSTGRES_URL`, default the one `scripts/services.sh` sets
 //! up), dropped when the test ends; and stopping and starting the server.
-//! Included by the test binaries that need it.
 
 use std::time::Duration;
 
@@ -76,24 +75,16 @@ impl Drop for PgDatabase {
     fn drop(&mut self) {
         let base = self.base.clone();
         let name = self.name.clone();
-        // Drop runs inside the test's runtime: a thread of its own with its own.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                use sqlx::Connection;
-                let mut admin = sqlx::PgConnection::connect(&base).await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut admin)
-                .await?;
-                admin.close().await
-            })
-        })
-        .join();
+        let dropped = super::on_own_runtime(move || async move {
+            use sqlx::Connection;
+            let mut admin = sqlx::PgConnection::connect(&base).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await?;
+            admin.close().await
+        });
         if !matches!(dropped, Ok(Ok(()))) {
             eprintln!("could not drop database {}: {dropped:?}", self.name);
         }
