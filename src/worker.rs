@@ -44,7 +44,7 @@ impl Worker {
     ) -> Result<Worker, WorkerError> {
         let metrics = Metrics::new();
         let health = Health::default();
-        let ledger = ledger::timed::Timed::wrap(
+        let ledger = ledger::resilient::Resilient::wrap(
             ledger::open(settings.ledger.url.expose()).await?,
             metrics.clone(),
             health.clone(),

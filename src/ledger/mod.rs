@@ -3,19 +3,25 @@
 //! messages that forked after a crash collapses back to one.
 //!
 //! Per request it holds the original body (for `onboarding.dead`), status,
-//! outputs and private values, the **cursor** (the sequence number of the
-//! newest step message known to be published; older ones are stale) and a
-//! **lease** (one step message of a request is worked on at a time, across
-//! workers). Per step it holds the outputs recorded when the step finished.
+//! the **cursor** (the sequence number of the newest step message known to be
+//! published; older ones are stale) and a **lease** (one step message of a
+//! request is worked on at a time, across workers). Per step it holds the
+//! outputs and private values recorded when the step finished; a request's
+//! are those of its steps, merged in the order they were recorded.
 //!
 //! One implementation per backend behind [`Ledger`]: SQLite (default, many
-//! processes on one host) and PostgreSQL (many hosts).
+//! processes on one host) and PostgreSQL (many hosts), over one data model
+//! ([`rows`]: the same tables and columns) and one lease rule ([`lease`]).
+//! [`resilient::Resilient`] wraps either for the worker: every operation
+//! timed, the idempotent ones retried through a short outage.
 
+mod lease;
 pub mod postgres;
+pub mod resilient;
+mod rows;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
-pub mod timed;
 
 use std::time::Duration;
 
@@ -201,11 +207,12 @@ pub trait Ledger: Send + Sync + 'static {
         lease: Duration,
     ) -> Result<Claim, LedgerError>;
 
-    /// Records a finished step and merges its outputs and private values into
-    /// the request's. Idempotent: recording the same step again changes no
-    /// output. `progress` (the step that comes next) is informational: a
-    /// backend may note it; `status` derives the next step from the plan and
-    /// the recorded steps when it is absent.
+    /// Records a finished step with its outputs and private values (merged
+    /// over the earlier steps' when the record is read). Idempotent: recording
+    /// the same step again changes no output. `progress` (the step that comes
+    /// next) is noted while the request runs, also when the step was recorded
+    /// already; `status` derives the next step from the plan and the recorded
+    /// steps when it is absent. A step of an unknown request is not recorded.
     async fn record_step(
         &self,
         request_id: &str,
@@ -285,36 +292,4 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Ledger>, LedgerError> 
             "unsupported scheme {scheme:?}; use sqlite://PATH or postgres://USER:PASSWORD@HOST/DATABASE"
         )))
     }
-}
-
-/// A stored provider and operation, read back into the contract's vocabulary.
-fn parse_kind(
-    request_id: &str,
-    provider: &str,
-    operation: &str,
-) -> Result<(ProviderId, Operation), LedgerError> {
-    let corrupt = |what: &str, value: &str| LedgerError::Corrupt {
-        request_id: request_id.into(),
-        message: format!("{what} {value:?}"),
-    };
-    Ok((
-        ProviderId::parse(provider).ok_or_else(|| corrupt("provider", provider))?,
-        Operation::parse(operation).ok_or_else(|| corrupt("operation", operation))?,
-    ))
-}
-
-fn parse_map(request_id: &str, text: &str) -> Result<Map<String, Value>, LedgerError> {
-    serde_json::from_str(text).map_err(|e| LedgerError::Corrupt {
-        request_id: request_id.into(),
-        message: e.to_string(),
-    })
-}
-
-/// Merges `add` into the JSON object text `base`.
-fn merged(request_id: &str, base: &str, add: &Map<String, Value>) -> Result<String, LedgerError> {
-    let mut map = parse_map(request_id, base)?;
-    for (k, v) in add {
-        map.insert(k.clone(), v.clone());
-    }
-    Ok(Value::Object(map).to_string())
 }

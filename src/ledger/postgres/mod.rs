@@ -1,7 +1,8 @@
 //! PostgreSQL ledger: one database shared by workers on many hosts.
 //!
 //! Every change to a request runs under that request's row lock: `claim` and
-//! `record_step` take it with `SELECT ... FOR UPDATE` inside a transaction,
+//! `record_step` take it with `SELECT ... FOR UPDATE` inside a transaction
+//! (a claim is then decided by `ledger::lease`),
 //! `advance`, `finish` and `redrive` are single `UPDATE`s (which take the same
 //! lock and, under READ COMMITTED, re-evaluate their expressions against the
 //! newest version of the row). So two workers claiming one step message are
@@ -9,74 +10,28 @@
 //!
 //! The tables live in the first schema of the connection's `search_path`
 //! (`public` unless the URL says otherwise, e.g.
-//! `postgres://u:p@host/db?options[search_path]=ledger`). The schema is
-//! created or migrated at start, under a transaction-scoped advisory lock, so
-//! workers starting at once set it up exactly once; `schema_version` counts
-//! the migrations applied.
+//! `postgres://u:p@host/db?options[search_path]=ledger`), set up by
+//! [`schema`].
+
+mod schema;
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor, PgConnection, PgPool, Row};
 
+use super::lease::{self, Claimant, Decision, LeaseState};
+use super::rows::{object_text, RequestRow, RECORD_PROGRESS, REQUEST_COLUMNS};
 use super::{
-    merged, now_ms, parse_kind, parse_map, Accept, Claim, Finish, Ledger, LedgerError, NewRequest,
-    Progress, RequestRecord, Status,
+    now_ms, Accept, Claim, Finish, Ledger, LedgerError, NewRequest, Progress, RequestRecord,
 };
 
-/// First key of the advisory lock taken around the schema setup (the second
-/// is a hash of the schema's name, so ledgers in different schemas of one
-/// database do not wait for each other). "ONBL".
-const SCHEMA_LOCK_CLASS: i32 = 0x4f4e_424c;
-
-/// The schema's history: each entry is applied once, in order, in the setup
-/// transaction; `schema_version.version` counts the entries applied. Append,
-/// never edit.
-const MIGRATIONS: &[&[&str]] = &[
-    // 1: the first schema.
-    &[
-        "CREATE TABLE requests (
-            request_id TEXT PRIMARY KEY,
-            provider TEXT NOT NULL,
-            operation TEXT NOT NULL,
-            body BYTEA NOT NULL,
-            status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
-            cursor BIGINT NOT NULL DEFAULT 0,
-            lease_owner TEXT,
-            lease_until BIGINT,
-            lease_seq BIGINT,
-            outputs TEXT NOT NULL DEFAULT '{}',
-            secrets TEXT NOT NULL DEFAULT '{}',
-            current_step TEXT,
-            current_index BIGINT,
-            waiting_until BIGINT,
-            final_event TEXT,
-            accepted_at BIGINT NOT NULL,
-            updated_at BIGINT NOT NULL
-        )",
-        "CREATE TABLE steps (
-            request_id TEXT NOT NULL REFERENCES requests (request_id) ON DELETE CASCADE,
-            step_key TEXT NOT NULL,
-            outputs TEXT NOT NULL,
-            completed_at BIGINT NOT NULL,
-            PRIMARY KEY (request_id, step_key)
-        )",
-        // `counts` reads running requests only; finished ones are the bulk.
-        "CREATE INDEX requests_running ON requests (waiting_until) WHERE status = 'running'",
-    ],
-    // 2: the plan step a lease was taken for.
-    &["ALTER TABLE requests ADD COLUMN lease_step BIGINT"],
-];
-
-/// The whole record in one statement (one snapshot), steps included.
-const SELECT_REQUEST: &str = "SELECT request_id, provider, operation, body, status, cursor,
-    outputs, secrets, current_step, current_index, waiting_until, final_event, accepted_at, updated_at,
-    ARRAY(SELECT s.step_key FROM steps s WHERE s.request_id = r.request_id
-          ORDER BY s.completed_at, s.step_key) AS done_steps
-    FROM requests r WHERE request_id = $1";
+/// A request's steps (`ledger::rows`), for a statement on `requests`.
+const STEPS: &str = "COALESCE((SELECT json_agg(json_build_array(s.step_key, s.outputs, s.secrets) ORDER BY s.recorded)
+    FROM steps s WHERE s.request_id = requests.request_id)::TEXT, '[]') AS steps";
 
 pub struct PostgresLedger {
     pool: PgPool,
@@ -152,7 +107,7 @@ impl PostgresLedger {
             .connect_with(options.clone())
             .await?;
         let mut tx = pool.begin().await?;
-        migrate(&mut tx).await?;
+        schema::migrate(&mut tx).await?;
         tx.commit().await?;
         let key: i32 = rand::random();
         let conn = take_liveness_lock(&options, key).await?;
@@ -165,98 +120,26 @@ impl PostgresLedger {
     }
 }
 
-async fn migrate(conn: &mut PgConnection) -> Result<(), LedgerError> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(COALESCE(current_schema(), '')))")
-        .bind(SCHEMA_LOCK_CLASS)
-        .execute(&mut *conn)
-        .await?;
-    // Checked first rather than `CREATE TABLE IF NOT EXISTS`, which leaves a
-    // notice in the log at every start.
-    let exists: bool = sqlx::query("SELECT to_regclass('schema_version') IS NOT NULL")
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get(0)?;
-    if !exists {
-        sqlx::query(
-            "CREATE TABLE schema_version (
-                only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
-                version INTEGER NOT NULL
-            )",
-        )
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query("INSERT INTO schema_version (version) VALUES (0)")
-            .execute(&mut *conn)
-            .await?;
-    }
-    let version: i32 = sqlx::query("SELECT version FROM schema_version")
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get(0)?;
-    if version as usize > MIGRATIONS.len() {
-        tracing::warn!(
-            version,
-            known = MIGRATIONS.len(),
-            "the ledger's schema is newer than this worker's"
-        );
-    }
-    for (i, migration) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
-        for stmt in *migration {
-            sqlx::query(*stmt).execute(&mut *conn).await?;
-        }
-        sqlx::query("UPDATE schema_version SET version = $1")
-            .bind(i as i32 + 1)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
-}
-
 async fn fetch_record(
     conn: &mut PgConnection,
     request_id: &str,
 ) -> Result<Option<RequestRecord>, LedgerError> {
-    match sqlx::query(SELECT_REQUEST)
-        .bind(request_id)
-        .fetch_optional(conn)
-        .await?
-    {
-        Some(row) => Ok(Some(record_from(&row)?)),
-        None => Ok(None),
-    }
+    sqlx::query_as::<_, RequestRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {REQUEST_COLUMNS}, {STEPS} FROM requests WHERE request_id = $1"
+    )))
+    .bind(request_id)
+    .fetch_optional(conn)
+    .await?
+    .map(RequestRecord::try_from)
+    .transpose()
 }
 
-fn record_from(row: &PgRow) -> Result<RequestRecord, LedgerError> {
-    let request_id: String = row.try_get("request_id")?;
-    let status: String = row.try_get("status")?;
-    let status = Status::parse(&status).ok_or_else(|| LedgerError::Corrupt {
-        request_id: request_id.clone(),
-        message: format!("status {status:?}"),
-    })?;
-    let outputs: String = row.try_get("outputs")?;
-    let secrets: String = row.try_get("secrets")?;
-    let (provider, operation) = parse_kind(
-        &request_id,
-        &row.try_get::<String, _>("provider")?,
-        &row.try_get::<String, _>("operation")?,
-    )?;
-    Ok(RequestRecord {
-        provider,
-        operation,
-        body: row.try_get("body")?,
-        status,
-        cursor: row.try_get("cursor")?,
-        outputs: parse_map(&request_id, &outputs)?,
-        secrets: parse_map(&request_id, &secrets)?,
-        done_steps: row.try_get("done_steps")?,
-        current_step: row.try_get("current_step")?,
-        current_index: row.try_get("current_index")?,
-        waiting_until_ms: row.try_get("waiting_until")?,
-        final_event: row.try_get("final_event")?,
-        accepted_at_ms: row.try_get("accepted_at")?,
-        updated_at_ms: row.try_get("updated_at")?,
-        request_id,
-    })
+/// A request's lease, with the database's clock when it was read.
+#[derive(sqlx::FromRow)]
+struct LeaseNow {
+    #[sqlx(flatten)]
+    lease: LeaseState,
+    now: i64,
 }
 
 /// The database's clock in ms since the epoch (at the moment of evaluation,
@@ -302,57 +185,50 @@ impl Ledger for PostgresLedger {
         owner: &str,
         lease: Duration,
     ) -> Result<Claim, LedgerError> {
-        let step = step as i64;
         let mut tx = self.pool.begin().await?;
         // Lease times are the database's clock, read once the row lock is
         // granted: hosts' clocks differ, and a lock wait must not eat the lease.
-        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT cursor, lease_owner, lease_until, lease_seq, lease_step, {DB_NOW_MS} AS now FROM requests
-             WHERE request_id = $1 FOR UPDATE"
+        let Some((state, now)) = sqlx::query_as::<_, LeaseNow>(sqlx::AssertSqlSafe(format!(
+            "SELECT cursor, lease_owner, lease_until, lease_seq, lease_step, {DB_NOW_MS} AS now
+             FROM requests WHERE request_id = $1 FOR UPDATE"
         )))
         .bind(request_id)
         .fetch_optional(&mut *tx)
         .await?
-        else {
+        .map(|row| (row.lease, row.now)) else {
             tx.commit().await?;
             return Ok(Claim::Unknown);
         };
-        let now: i64 = row.try_get("now")?;
-        let cursor: i64 = row.try_get("cursor")?;
-        if seq < cursor {
-            tx.commit().await?;
-            return Ok(Claim::Stale);
-        }
-        let holder: Option<String> = row.try_get("lease_owner")?;
-        let until: Option<i64> = row.try_get("lease_until")?;
-        let held_seq: Option<i64> = row.try_get("lease_seq")?;
-        let held_step: Option<i64> = row.try_get("lease_step")?;
-        // Only a later message of a later plan step is the holder's successor
-        // (published after the holder's step was recorded).
-        let same_step =
-            seq <= held_seq.unwrap_or(i64::MAX) || step <= held_step.unwrap_or(i64::MAX);
-        let mut interrupted = false;
-        if let (Some(holder), Some(until)) = (holder, until) {
-            // The lease of a copy of this step ran out unreleased: its worker
-            // died or stalled mid-step.
-            interrupted = holder != owner && until <= now && same_step;
-            if holder != owner && until > now && same_step {
+        let claimant = Claimant {
+            seq,
+            step: i64::from(step),
+            owner,
+        };
+        let interrupted = match lease::decide(&state, &claimant, now) {
+            Decision::Stale => {
                 tx.commit().await?;
-                return Ok(Claim::Busy {
-                    until_ms: until,
-                    holder,
-                });
+                return Ok(Claim::Stale);
             }
-        }
+            Decision::Busy { until_ms, holder } => {
+                tx.commit().await?;
+                return Ok(Claim::Busy { until_ms, holder });
+            }
+            Decision::Granted { interrupted } => interrupted,
+        };
+        let mut taken = state;
+        taken.take(&claimant, now + lease.as_millis() as i64);
+        // A claim also ends any wait.
         sqlx::query(
-            "UPDATE requests SET lease_owner = $1, lease_until = $2, lease_seq = $3, cursor = GREATEST(cursor, $3),
-             lease_step = $5, waiting_until = NULL WHERE request_id = $4",
+            "UPDATE requests SET lease_owner = $1, lease_until = $2, lease_seq = $3, lease_step = $4,
+             cursor = $5, waiting_until = NULL, updated_at = $6 WHERE request_id = $7",
         )
-        .bind(owner)
-        .bind(now + lease.as_millis() as i64)
-        .bind(seq)
+        .bind(&taken.lease_owner)
+        .bind(taken.lease_until)
+        .bind(taken.lease_seq)
+        .bind(taken.lease_step)
+        .bind(taken.cursor)
+        .bind(now_ms())
         .bind(request_id)
-        .bind(step)
         .execute(&mut *tx)
         .await?;
         // Read after the lock was granted, in a statement of its own: the
@@ -378,38 +254,32 @@ impl Ledger for PostgresLedger {
     ) -> Result<(), LedgerError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        // The request's lock first (as every other writer takes it), then the step.
-        let row =
-            sqlx::query("SELECT outputs, secrets FROM requests WHERE request_id = $1 FOR UPDATE")
-                .bind(request_id)
-                .fetch_one(&mut *tx)
-                .await?;
-        let inserted = sqlx::query(
-            "INSERT INTO steps (request_id, step_key, outputs, completed_at) VALUES ($1, $2, $3, $4)
+        // The request's lock first (as every other writer takes it), then the
+        // step: steps are numbered (`recorded`) in the order of that lock.
+        let known = sqlx::query("SELECT 1 FROM requests WHERE request_id = $1 FOR UPDATE")
+            .bind(request_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if !known {
+            tx.commit().await?;
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO steps (request_id, step_key, outputs, secrets, completed_at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (request_id, step_key) DO NOTHING",
         )
         .bind(request_id)
         .bind(step_key)
-        .bind(Value::Object(outputs.clone()).to_string())
+        .bind(object_text(outputs))
+        .bind(object_text(secrets))
         .bind(now)
         .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let (mut new_outputs, mut new_secrets): (String, String) =
-            (row.try_get(0)?, row.try_get(1)?);
-        if inserted == 1 {
-            new_outputs = merged(request_id, &new_outputs, outputs)?;
-            new_secrets = merged(request_id, &new_secrets, secrets)?;
-        }
-        sqlx::query(
-            "UPDATE requests SET outputs = $1, secrets = $2, updated_at = $3,
-               current_step = CASE WHEN status = 'running' THEN COALESCE($4, current_step) ELSE current_step END,
-               current_index = CASE WHEN status = 'running' THEN COALESCE($5, current_index) ELSE current_index END,
-               waiting_until = CASE WHEN status = 'running' THEN $6 ELSE waiting_until END
-             WHERE request_id = $7",
-        )
-        .bind(new_outputs)
-        .bind(new_secrets)
+        .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE requests SET {RECORD_PROGRESS}, updated_at = $1
+             FROM (VALUES ($2, $3, $4)) AS v(step, step_index, waiting) WHERE request_id = $5"
+        )))
         .bind(now)
         .bind(&progress.current_step)
         .bind(progress.current_index)
