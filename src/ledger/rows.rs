@@ -39,7 +39,7 @@ pub(super) const RECORD_PROGRESS: &str =
 /// A request's row with its steps, as both backends select it.
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct RequestRow {
-    request_id: String,
+    pub(super) request_id: String,
     provider: String,
     operation: String,
     body: Vec<u8>,

@@ -130,7 +130,7 @@ impl Batch {
         match self.apply(pool).await {
             Ok(claims) => {
                 for (reply, claim) in self.claim_replies.into_iter().zip(claims) {
-                    let _ = reply.send(Ok(claim));
+                    let _ = reply.send(claim);
                 }
                 for reply in self.record_replies {
                     let _ = reply.send(Ok(()));
@@ -149,8 +149,12 @@ impl Batch {
     }
 
     /// One transaction: the records, then the claims; what each claim got,
-    /// in order.
-    async fn apply(&self, pool: &SqlitePool) -> Result<Vec<Claim>, LedgerError> {
+    /// in order. A request whose row cannot be read back fails its own
+    /// claim only: the records and claims batched with it still commit.
+    async fn apply(
+        &self,
+        pool: &SqlitePool,
+    ) -> Result<Vec<Result<Claim, LedgerError>>, LedgerError> {
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
         if !self.records.is_empty() {
@@ -253,7 +257,7 @@ async fn decide_claims(
     tx: &mut Transaction<'_, Sqlite>,
     claims: &[ClaimOp],
     now: i64,
-) -> Result<Vec<Claim>, LedgerError> {
+) -> Result<Vec<Result<Claim, LedgerError>>, LedgerError> {
     let ids: Vec<&str> = {
         let mut seen = std::collections::HashSet::new();
         claims
@@ -305,25 +309,32 @@ async fn decide_claims(
         .into_iter()
         .zip(claims)
         .map(|(decision, c)| match decision {
-            None => Claim::Unknown,
-            Some(Decision::Stale) => Claim::Stale,
-            Some(Decision::Busy { until_ms, holder }) => Claim::Busy { until_ms, holder },
-            Some(Decision::Granted { interrupted }) => Claim::Granted {
-                record: Box::new(records[&c.request_id].clone()),
-                interrupted,
+            None => Ok(Claim::Unknown),
+            Some(Decision::Stale) => Ok(Claim::Stale),
+            Some(Decision::Busy { until_ms, holder }) => Ok(Claim::Busy { until_ms, holder }),
+            Some(Decision::Granted { interrupted }) => match &records[&c.request_id] {
+                Ok(record) => Ok(Claim::Granted {
+                    record: Box::new(record.clone()),
+                    interrupted,
+                }),
+                Err(message) => Err(LedgerError::Corrupt {
+                    request_id: c.request_id.clone(),
+                    message: message.clone(),
+                }),
             },
         })
         .collect())
 }
 
 /// Writes the leases of the requests `taken` as `leases` now has them (a
-/// claim also ends any wait) and reads their records back.
+/// claim also ends any wait) and reads their records back (an unreadable
+/// one as its error's text: it fails that request's claims, not the batch).
 async fn take_leases(
     tx: &mut Transaction<'_, Sqlite>,
     taken: &[&str],
     leases: &HashMap<String, LeaseState>,
     now: i64,
-) -> Result<HashMap<String, RequestRecord>, LedgerError> {
+) -> Result<HashMap<String, Result<RequestRecord, String>>, LedgerError> {
     if taken.is_empty() {
         return Ok(HashMap::new());
     }
@@ -348,8 +359,12 @@ async fn take_leases(
     }
     let mut records = HashMap::new();
     for row in q.fetch_all(&mut **tx).await? {
-        let record = RequestRecord::try_from(row)?;
-        records.insert(record.request_id.clone(), record);
+        let request_id = row.request_id.clone();
+        let record = RequestRecord::try_from(row).map_err(|e| match e {
+            LedgerError::Corrupt { message, .. } => message,
+            other => other.to_string(),
+        });
+        records.insert(request_id, record);
     }
     Ok(records)
 }

@@ -222,6 +222,7 @@ ledger_tests! {
         steps_read_back_in_the_order_recorded,
         recording_a_step_notes_progress_while_running,
         a_step_of_an_unknown_request_is_not_recorded,
+        an_unreadable_request_fails_its_own_claim_not_steps_recorded_beside_it,
         both_backends_have_the_same_tables_and_columns,
         a_ledger_of_the_previous_version_opens_and_keeps_working,
     ],
