@@ -3,6 +3,7 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY bench ./bench
 COPY config ./config
 RUN cargo build --release --locked --bin onboarding-worker
 

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::admin::Admin;
-use crate::config::Settings;
+use crate::config::{LogFormat, Settings};
 use crate::sandbox::{Listens, Sandbox, SandboxOptions};
 use crate::worker::{shutdown_signal, Worker};
 
@@ -30,9 +30,9 @@ pub struct Cli {
     /// A TOML file layered over the defaults.
     #[arg(long, global = true, env = "ONBOARDING_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Log format: text or json (overrides worker.log_format).
-    #[arg(long, global = true)]
-    pub log_format: Option<String>,
+    /// Log format (overrides worker.log_format).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -56,6 +56,10 @@ pub enum Command {
         /// Give up waiting after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout_s: u64,
+        /// Write the worker's logs to stderr, above the progress bars, instead
+        /// of to the file named on the first line.
+        #[arg(short, long)]
+        verbose: bool,
     },
     /// Print where an onboarding stands, read from the ledger (exit 1 if unknown).
     Status {
@@ -114,13 +118,8 @@ impl Exit {
 /// Loads settings for `cli` (exit 2 on a bad value).
 pub fn settings(cli: &Cli) -> Result<Settings, Exit> {
     let mut s = Settings::load(cli.config.as_deref()).map_err(Exit::config)?;
-    if let Some(f) = &cli.log_format {
-        if f != "text" && f != "json" {
-            return Err(Exit::config(anyhow::anyhow!(
-                "--log-format must be text or json"
-            )));
-        }
-        s.worker.log_format = f.clone();
+    if let Some(format) = cli.log_format {
+        s.worker.log_format = format;
     }
     Ok(s)
 }
@@ -161,9 +160,11 @@ pub async fn execute(cli: Cli, settings: Settings) -> Result<i32, Exit> {
             sandbox.shutdown().await;
             Ok(0)
         }
-        Command::Demo { timeout_s } => crate::demo::run(settings, Duration::from_secs(timeout_s))
-            .await
-            .map_err(Exit::runtime),
+        Command::Demo { timeout_s, verbose } => {
+            crate::demo::run(settings, Duration::from_secs(timeout_s), verbose)
+                .await
+                .map_err(Exit::runtime)
+        }
         Command::Status { request_id, json } => {
             let ledger = crate::ledger::open(settings.ledger.url.expose())
                 .await

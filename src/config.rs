@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -66,9 +68,9 @@ pub struct AmqpSettings {
     #[serde(default)]
     pub urls: Vec<Secret>,
     /// Unacknowledged deliveries per consumer (one consumer per queue).
-    pub prefetch: u16,
+    pub prefetch: NonZeroU16,
     /// Larger request bodies are `invalid_request`, kept whole in `onboarding.dead`.
-    pub max_body_bytes: usize,
+    pub max_body_bytes: NonZeroUsize,
     /// First and longest pause between reconnection attempts.
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
@@ -96,8 +98,9 @@ impl AmqpSettings {
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct MetricsSettings {
-    /// `/metrics`, `/healthz`, `/readyz` listen here.
-    pub listen: String,
+    /// `/metrics`, `/healthz`, `/readyz` listen here (port 0: any free port).
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -116,9 +119,34 @@ pub struct WorkerSettings {
     /// A message whose handling keeps failing is ended `failed` `exhausted` by
     /// the worker at this many deliveries, before the broker's delivery limit
     /// (50) would move it to `onboarding.dead` without an event.
-    pub give_up_after_deliveries: u32,
-    /// `text` or `json`.
-    pub log_format: String,
+    /// Below the queues' delivery limit; checked in [`Settings::load`].
+    pub give_up_after_deliveries: NonZeroU32,
+    /// `--log-format` overrides it.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`worker.log_format`, `--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(try_from = "String")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+    // By hand rather than serde's derive, whose message for an unknown name
+    // ("does not have variant constructor") does not say what would do.
+    fn try_from(name: String) -> Result<Self, String> {
+        match name.as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("must be \"text\" or \"json\", not {name:?}")),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -134,14 +162,14 @@ pub struct CallSettings {
     /// One HTTP call, connect to last byte.
     pub timeout_ms: u64,
     /// Transient failures of one step tolerated before `exhausted`.
-    pub max_attempts: u32,
+    pub max_attempts: NonZeroU32,
     /// Back-off: full jitter over `min(cap, base * 2^attempt)`.
     pub retry_base_ms: u64,
     pub retry_cap_ms: u64,
     /// A longer response body is a transient `bad_response`, never buffered whole.
     pub max_response_bytes: usize,
     /// Steps of this provider in flight at once in one worker.
-    pub concurrency: usize,
+    pub concurrency: NonZeroUsize,
     /// For `https://` base URLs: a PEM file of CA certificates trusted besides
     /// the system's roots; empty for the system's roots only.
     #[serde(default)]
@@ -229,6 +257,17 @@ pub struct SandboxSettings {
     pub sharespine: crate::sandbox::sharespine::Readings,
 }
 
+/// A `host:port` address, with an example in the error (serde's own message
+/// is only "invalid socket address syntax").
+fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "must be an address such as 127.0.0.1:9464, not {text:?}"
+        ))
+    })
+}
+
 /// The built-in defaults: the same file that ships as `config/default.toml`,
 /// compiled in so the binary works from any directory.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -302,20 +341,8 @@ impl Settings {
                 Err(e) => return bad(&key, &format!("is not a URL ({e})")),
             }
         }
-        if self.amqp.prefetch == 0 {
-            return bad("amqp.prefetch", "must be at least 1");
-        }
-        if self.amqp.max_body_bytes == 0 {
-            return bad("amqp.max_body_bytes", "must be at least 1");
-        }
-        if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
-            return bad(
-                "metrics.listen",
-                "must be an address such as 127.0.0.1:9464",
-            );
-        }
-        if !(1..crate::broker::topology::DELIVERY_LIMIT as u32)
-            .contains(&self.worker.give_up_after_deliveries)
+        if self.worker.give_up_after_deliveries.get()
+            >= crate::broker::topology::DELIVERY_LIMIT as u32
         {
             return bad(
                 "worker.give_up_after_deliveries",
@@ -324,9 +351,6 @@ impl Settings {
                     crate::broker::topology::DELIVERY_LIMIT - 1
                 ),
             );
-        }
-        if !matches!(self.worker.log_format.as_str(), "text" | "json") {
-            return bad("worker.log_format", "must be \"text\" or \"json\"");
         }
         let url = self.ledger.url.expose();
         if !(url.starts_with("sqlite:")
@@ -345,18 +369,6 @@ impl Settings {
                 &format!("providers.{name}.calls.tls_ca_file"),
                 &calls.tls_ca_file,
             )?;
-            if calls.concurrency == 0 {
-                return bad(
-                    &format!("providers.{name}.calls.concurrency"),
-                    "must be at least 1",
-                );
-            }
-            if calls.max_attempts == 0 {
-                return bad(
-                    &format!("providers.{name}.calls.max_attempts"),
-                    "must be at least 1",
-                );
-            }
             if calls.timeout_ms == 0 {
                 return bad(
                     &format!("providers.{name}.calls.timeout_ms"),
@@ -423,11 +435,11 @@ mod tests {
             ),
         ]);
         let s = Settings::load_with_env(None, Some(env)).unwrap();
-        assert_eq!(s.amqp.prefetch, 7);
+        assert_eq!(s.amqp.prefetch.get(), 7);
         assert_eq!(s.providers.sharespine.base_url, "http://example.test");
         assert_eq!(s.providers.magento_bi.calls.timeout_ms, 1234);
         assert_eq!(s.amqp.url.expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
-        assert_eq!(s.metrics.listen, "127.0.0.1:9464");
+        assert_eq!(s.metrics.listen.to_string(), "127.0.0.1:9464");
     }
 
     #[test]
@@ -442,6 +454,71 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("amqp.prefetch"), "{err}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_or_range_names_its_key_and_what_would_do() {
+        let cases = [
+            ("AMQP__PREFETCH", "0", "amqp.prefetch", "nonzero"),
+            (
+                "AMQP__MAX_BODY_BYTES",
+                "0",
+                "amqp.max_body_bytes",
+                "nonzero",
+            ),
+            (
+                "METRICS__LISTEN",
+                "localhost",
+                "metrics.listen",
+                "an address such as 127.0.0.1:9464",
+            ),
+            (
+                "WORKER__LOG_FORMAT",
+                "yaml",
+                "worker.log_format",
+                r#"must be "text" or "json""#,
+            ),
+            (
+                "WORKER__GIVE_UP_AFTER_DELIVERIES",
+                "0",
+                "worker.give_up_after_deliveries",
+                "nonzero",
+            ),
+            (
+                "WORKER__GIVE_UP_AFTER_DELIVERIES",
+                "50",
+                "worker.give_up_after_deliveries",
+                "from 1 to 49",
+            ),
+            (
+                "PROVIDERS__SHARESPINE__CALLS__CONCURRENCY",
+                "0",
+                "providers.sharespine.calls.concurrency",
+                "nonzero",
+            ),
+            (
+                "PROVIDERS__MAGENTO_BI__CALLS__MAX_ATTEMPTS",
+                "0",
+                "providers.magento_bi.calls.max_attempts",
+                "nonzero",
+            ),
+        ];
+        for (var, value, key, why) in cases {
+            let env = HashMap::from([(format!("ONBOARDING__{var}"), value.to_string())]);
+            let err = Settings::load_with_env(None, Some(env))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains(why),
+                "{var}={value}: {err}"
+            );
+        }
+        let env = HashMap::from([(
+            "ONBOARDING__WORKER__LOG_FORMAT".to_string(),
+            "json".to_string(),
+        )]);
+        let s = Settings::load_with_env(None, Some(env)).unwrap();
+        assert_eq!(s.worker.log_format, LogFormat::Json);
     }
 
     #[test]

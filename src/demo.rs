@@ -1,12 +1,20 @@
 //! `onboarding-worker demo`: the sandbox and a worker in one process, one
-//! sample onboarding per provider (and a returning Sharespine customer),
-//! progress per onboarding as its events arrive, then a summary table.
+//! sample onboarding per provider (and a returning Sharespine customer), a
+//! live progress bar per onboarding as its events arrive, then a summary table.
+//!
+//! Owns its logging: the worker's log lines go to a file named on the first
+//! line, or with `-v` to stderr above the bars (never through them).
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::fmt::MakeWriter;
 
 use crate::broker::admin::Admin;
 use crate::config::Settings;
@@ -58,24 +66,139 @@ pub fn sample_requests(tag: &str) -> Vec<Value> {
     ]
 }
 
+/// One onboarding's bar and what the summary table reports of it.
 struct Progress {
     provider: String,
-    total: usize,
-    done: usize,
-    step: String,
-    state: String,
+    bar: ProgressBar,
+    state: &'static str,
     started: Instant,
     took: Option<Duration>,
     detail: String,
 }
 
-fn bar(done: usize, total: usize) -> String {
-    let width = 20;
-    let filled = (done * width).checked_div(total).unwrap_or(0);
-    format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
+impl Progress {
+    fn new(bars: &MultiProgress, provider: &str, total: usize, first: &str) -> Progress {
+        let style = ProgressStyle::with_template(
+            "{prefix:<14} [{bar:20}] {pos}/{len} {elapsed:>4} {wide_msg}",
+        )
+        .expect("a valid template")
+        .progress_chars("#>-");
+        let bar = bars.add(ProgressBar::new(total as u64).with_style(style));
+        bar.set_prefix(provider.to_string());
+        bar.set_message(format!("{first}: published"));
+        bar.enable_steady_tick(Duration::from_millis(250));
+        Progress {
+            provider: provider.into(),
+            bar,
+            state: "published",
+            started: Instant::now(),
+            took: None,
+            detail: String::new(),
+        }
+    }
+
+    /// Moves the bar on for one event; `false` when the event is not one of ours.
+    fn apply(&mut self, event: &Value) -> bool {
+        match event["event"].as_str().unwrap_or("") {
+            "accepted" => {
+                self.state = "accepted";
+                self.bar.set_message("accepted");
+            }
+            "step_completed" => {
+                self.state = "running";
+                self.bar.inc(1);
+                let step = event["step"].as_str().unwrap_or("?");
+                self.bar.set_message(format!("{step} done"));
+            }
+            "completed" => {
+                self.state = "completed";
+                self.took = Some(self.started.elapsed());
+                self.detail = event["outputs"].to_string();
+                self.bar.set_position(self.bar.length().unwrap_or(0));
+                self.bar.finish_with_message("completed");
+            }
+            "failed" => {
+                self.state = "failed";
+                self.took = Some(self.started.elapsed());
+                self.detail = (event["error"]["message"].as_str())
+                    .unwrap_or("")
+                    .to_string();
+                self.bar
+                    .abandon_with_message(format!("failed: {}", self.detail));
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// The same as the bar, as one plain line (when the bars cannot be drawn:
+    /// stderr is not a terminal).
+    fn line(&self) -> String {
+        let (done, total) = (self.bar.position(), self.bar.length().unwrap_or(0));
+        let width = 20;
+        let filled = (done * width).checked_div(total).unwrap_or(0) as usize;
+        format!(
+            "{:<14} [{}{}] {done}/{total} {}",
+            self.provider,
+            "#".repeat(filled),
+            "-".repeat(width as usize - filled),
+            self.bar.message()
+        )
+    }
 }
 
-pub async fn run(mut settings: Settings, timeout: Duration) -> anyhow::Result<i32> {
+/// Log lines written to stderr with the bars lifted out of the way, so a
+/// line never lands inside a bar.
+#[derive(Clone)]
+struct AboveBars(MultiProgress);
+
+impl Write for AboveBars {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // tracing writes one whole event per call: one suspend per line.
+        self.0.suspend(|| std::io::stderr().write_all(buf))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> MakeWriter<'a> for AboveBars {
+    type Writer = AboveBars;
+    fn make_writer(&'a self) -> AboveBars {
+        self.clone()
+    }
+}
+
+/// Sends the logs to a new file in the temporary directory, or with
+/// `verbose` to stderr above the bars; says which on the first line.
+fn set_up_logs(settings: &Settings, bars: &MultiProgress, verbose: bool) -> anyhow::Result<()> {
+    let format = settings.worker.log_format;
+    if verbose {
+        crate::telemetry::init(format, AboveBars(bars.clone()));
+        println!("logs: stderr");
+        return Ok(());
+    }
+    let path: PathBuf = std::env::temp_dir().join(format!(
+        "onboarding-demo-{}-{}.log",
+        time::OffsetDateTime::now_utc().unix_timestamp(),
+        std::process::id()
+    ));
+    let file = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| format!("creating the demo's log file {}", path.display()))?;
+    crate::telemetry::init_file(format, file);
+    println!("logs: {} (demo -v: on stderr instead)", path.display());
+    Ok(())
+}
+
+/// Runs the demo; the exit code is 0 when every onboarding completed, else 3.
+/// Sets up logging itself (see the module doc): call it with none installed.
+pub async fn run(mut settings: Settings, timeout: Duration, verbose: bool) -> anyhow::Result<i32> {
+    let bars = MultiProgress::new();
+    set_up_logs(&settings, &bars, verbose)?;
     // Quick jobs and polls so the demo finishes in seconds.
     settings.sandbox.job_duration_ms = settings.sandbox.job_duration_ms.min(1500);
     for polls in [
@@ -87,14 +210,16 @@ pub async fn run(mut settings: Settings, timeout: Duration) -> anyhow::Result<i3
             p.max_interval_ms = p.max_interval_ms.min(1000);
         }
     }
-    settings.metrics.listen = "127.0.0.1:0".into();
-    let admin = Admin::connect_any(&settings.amqp.nodes().iter().map(|u| u.expose()).collect::<Vec<_>>(), settings.amqp.tls_ca_path())
+    settings.metrics.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let nodes: Vec<&str> = settings.amqp.nodes().iter().map(|u| u.expose()).collect();
+    let admin = Admin::connect_any(&nodes, settings.amqp.tls_ca_path())
         .await
         .map_err(|e| {
-        anyhow::anyhow!(
-            "cannot reach RabbitMQ at the configured amqp.url ({e}). Start it (Debian: apt-get install -y rabbitmq-server && rabbitmq-server -detached) or set ONBOARDING__AMQP__URL"
-        )
-    })?;
+            anyhow::anyhow!(
+                "cannot reach RabbitMQ at the configured amqp.url ({e}). Start it (Debian: \
+apt-get install -y rabbitmq-server && rabbitmq-server -detached) or set ONBOARDING__AMQP__URL"
+            )
+        })?;
     let sandbox = Sandbox::start(
         SandboxOptions::from_settings(&settings.sandbox, &settings.providers),
         Listens::ephemeral(),
@@ -112,18 +237,18 @@ pub async fn run(mut settings: Settings, timeout: Duration) -> anyhow::Result<i3
     let shutdown = CancellationToken::new();
     let worker = Worker::start(&settings, shutdown.clone()).await?;
     println!("worker: metrics on http://{}/metrics", worker.metrics_addr);
+    println!();
 
     let tag = format!("{}", time::OffsetDateTime::now_utc().unix_timestamp());
     let providers = crate::providers::build_all(&settings.providers, &worker.metrics);
     let mut progress: BTreeMap<String, Progress> = BTreeMap::new();
-    let mut requests = sample_requests(&tag);
     let returning = json!({
         "request_id": format!("demo-{tag}-sharespine-login"),
         "provider": "sharespine",
         "operation": "login_url",
         "input": {"code_name": "(after the onboarding)", "login": "anna", "path": "/"}
     });
-    for r in &requests {
+    for r in sample_requests(&tag) {
         let id = r["request_id"].as_str().unwrap().to_string();
         let provider = ProviderId::parse(r["provider"].as_str().unwrap()).unwrap();
         let total = providers[&provider]
@@ -132,16 +257,7 @@ pub async fn run(mut settings: Settings, timeout: Duration) -> anyhow::Result<i3
             .unwrap_or(0);
         progress.insert(
             id,
-            Progress {
-                provider: provider.as_str().into(),
-                total,
-                done: 0,
-                step: "queued".into(),
-                state: "published".into(),
-                started: Instant::now(),
-                took: None,
-                detail: String::new(),
-            },
+            Progress::new(&bars, provider.as_str(), total, "onboard"),
         );
         admin
             .publish_request(provider.as_str(), r.to_string().as_bytes())
@@ -152,7 +268,11 @@ pub async fn run(mut settings: Settings, timeout: Duration) -> anyhow::Result<i3
     while progress.values().any(|p| p.took.is_none()) {
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok(Some((_, body))) = tokio::time::timeout(left, events.next()).await else {
-            println!("gave up waiting after {} s", timeout.as_secs());
+            for p in progress.values().filter(|p| p.took.is_none()) {
+                p.bar
+                    .abandon_with_message(format!("{}: gave up waiting", p.state));
+            }
+            bars.suspend(|| println!("gave up waiting after {} s", timeout.as_secs()));
             break;
         };
         let Ok(e) = serde_json::from_slice::<Value>(&body) else {
@@ -164,60 +284,27 @@ pub async fn run(mut settings: Settings, timeout: Duration) -> anyhow::Result<i3
         let Some(p) = progress.get_mut(id) else {
             continue;
         };
-        match e["event"].as_str().unwrap_or("") {
-            "accepted" => p.state = "accepted".into(),
-            "step_completed" => {
-                p.done += 1;
-                p.step = e["step"].as_str().unwrap_or("?").to_string();
-                p.state = "running".into();
-            }
-            "completed" => {
-                p.done = p.total;
-                p.state = "completed".into();
-                p.took = Some(p.started.elapsed());
-                p.detail = e["outputs"].to_string();
-            }
-            "failed" => {
-                p.state = "failed".into();
-                p.took = Some(p.started.elapsed());
-                p.detail = e["error"]["message"].as_str().unwrap_or("").to_string();
-            }
-            _ => {}
+        if p.apply(&e) && bars.is_hidden() {
+            println!("{}", p.line());
         }
-        println!(
-            "{:<14} {} {}/{} {:<22} {}",
-            p.provider,
-            bar(p.done, p.total),
-            p.done,
-            p.total,
-            p.step,
-            p.state
-        );
         // The returning customer needs the tenant's code name first.
         if !returning_sent && id.ends_with("-sharespine") && e["event"] == "completed" {
             let mut r = returning.clone();
             r["input"]["code_name"] = e["outputs"]["code_name"].clone();
             let rid = r["request_id"].as_str().unwrap().to_string();
-            progress.insert(
-                rid,
-                Progress {
-                    provider: "sharespine".into(),
-                    total: 1,
-                    done: 0,
-                    step: "login_url".into(),
-                    state: "published".into(),
-                    started: Instant::now(),
-                    took: None,
-                    detail: String::new(),
-                },
-            );
+            progress.insert(rid, Progress::new(&bars, "sharespine", 1, "login_url"));
             admin
                 .publish_request("sharespine", r.to_string().as_bytes())
                 .await?;
-            requests.push(r);
             returning_sent = true;
         }
     }
+    // Stopped before the table, so that no log line (with -v) comes after it.
+    shutdown.cancel();
+    worker.stopped().await;
+    sandbox.shutdown().await;
+    admin.close().await;
+
     println!();
     println!(
         "{:<40} {:<14} {:<10} {:>8}  OUTPUTS / ERROR",
@@ -235,9 +322,5 @@ pub async fn run(mut settings: Settings, timeout: Duration) -> anyhow::Result<i3
             p.provider, p.state, p.detail
         );
     }
-    shutdown.cancel();
-    worker.stopped().await;
-    sandbox.shutdown().await;
-    admin.close().await;
     Ok(if ok { 0 } else { 3 })
 }

@@ -13,7 +13,10 @@ async fn main() {
             std::process::exit(exit.code);
         }
     };
-    onboarding_worker::telemetry::init(&settings.worker.log_format, std::io::stderr);
+    // `demo` sets up its own: a file, or stderr above its progress bars.
+    if !matches!(cli.command, cli::Command::Demo { .. }) {
+        onboarding_worker::telemetry::init(settings.worker.log_format, std::io::stderr);
+    }
     match cli::execute(cli, settings).await {
         Ok(code) => std::process::exit(code),
         Err(exit) => {

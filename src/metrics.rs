@@ -362,7 +362,7 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 
 /// Binds `listen` and serves until `shutdown` resolves. Returns the bound address.
 pub async fn serve(
-    listen: &str,
+    listen: SocketAddr,
     metrics: Metrics,
     health: Health,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,

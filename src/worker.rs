@@ -20,7 +20,7 @@ use crate::providers;
 pub enum WorkerError {
     #[error("metrics listener on {listen}: {source}")]
     Listen {
-        listen: String,
+        listen: SocketAddr,
         source: std::io::Error,
     },
     #[error(transparent)]
@@ -55,7 +55,7 @@ impl Worker {
             ledger.clone(),
             metrics.clone(),
             EngineSettings {
-                max_body_bytes: settings.amqp.max_body_bytes,
+                max_body_bytes: settings.amqp.max_body_bytes.get(),
                 lease_margin: Duration::from_millis(settings.worker.lease_margin_ms),
             },
         );
@@ -63,14 +63,14 @@ impl Worker {
         let (metrics_addr, metrics_task) = {
             let stop = listener_stop.clone();
             metrics::serve(
-                &settings.metrics.listen,
+                settings.metrics.listen,
                 metrics.clone(),
                 health.clone(),
                 async move { stop.cancelled().await },
             )
             .await
             .map_err(|source| WorkerError::Listen {
-                listen: settings.metrics.listen.clone(),
+                listen: settings.metrics.listen,
                 source,
             })?
         };
@@ -85,12 +85,12 @@ impl Worker {
             urls: (settings.amqp.nodes().iter())
                 .map(|u| u.expose().to_string())
                 .collect(),
-            prefetch: settings.amqp.prefetch,
+            prefetch: settings.amqp.prefetch.get(),
             reconnect_min: Duration::from_millis(settings.amqp.reconnect_min_ms),
             reconnect_max: Duration::from_millis(settings.amqp.reconnect_max_ms),
             shutdown_grace: Duration::from_millis(settings.worker.shutdown_grace_ms),
             tls_ca_file: settings.amqp.tls_ca_path().map(Into::into),
-            give_up_after_deliveries: settings.worker.give_up_after_deliveries,
+            give_up_after_deliveries: settings.worker.give_up_after_deliveries.get(),
         };
         let task = {
             let (metrics, health) = (metrics.clone(), health.clone());

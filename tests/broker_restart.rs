@@ -71,7 +71,7 @@ async fn a_broker_restart_with_onboardings_in_flight_is_survived_and_each_comple
     let env = TestEnv::start_with(|s| {
         s.sandbox.latency_ms = 100;
         // Four steps at a time, so the twenty are still going when the broker stops.
-        s.providers.sharespine.calls.concurrency = 4;
+        s.providers.sharespine.calls.concurrency = 4.try_into().unwrap();
     })
     .await;
     env.vhost

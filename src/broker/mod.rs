@@ -18,7 +18,6 @@
 //! `onboarding_broker_session_failures_total{reason}` and logged once.
 
 pub mod admin;
-pub mod ceiling;
 mod delivery;
 mod properties;
 mod publish;

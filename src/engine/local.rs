@@ -1,6 +1,7 @@
 //! Runs a provider's whole plan in memory, one step after another, retrying
 //! transient errors and re-polling "not yet" after a short sleep. For provider
-//! tests only: the real engine waits in delay queues, never in a task.
+//! tests only (compiled only under `cfg(test)`): the real engine waits in
+//! delay queues, never in a task.
 
 use std::time::Duration;
 

@@ -22,6 +22,7 @@ pub mod classify;
 mod end;
 mod execute;
 pub mod front_door;
+#[cfg(test)]
 pub mod local;
 pub mod pauses;
 mod request;

@@ -57,7 +57,7 @@ pub fn poll_policy(p: &crate::config::PollSettings) -> crate::engine::step::Poll
 pub fn retry_policy(c: &crate::config::CallSettings) -> crate::engine::step::RetryPolicy {
     use std::time::Duration;
     crate::engine::step::RetryPolicy {
-        max_attempts: c.max_attempts,
+        max_attempts: c.max_attempts.get(),
         base: Duration::from_millis(c.retry_base_ms),
         cap: Duration::from_millis(c.retry_cap_ms),
     }

@@ -446,7 +446,8 @@ async fn a_request_whose_header_names_another_request_is_invalid_kept_whole_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_keeps_failing_ends_failed_exhausted_before_the_broker_s_delivery_limit() {
-    let env = TestEnv::start_with(|s| s.worker.give_up_after_deliveries = 3).await;
+    let env =
+        TestEnv::start_with(|s| s.worker.give_up_after_deliveries = 3.try_into().unwrap()).await;
     // A step message for a request this worker's ledger does not hold: it
     // fails every time (workers on different ledgers, or a wiped one).
     env.vhost

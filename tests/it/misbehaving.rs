@@ -52,8 +52,8 @@ async fn bounded<T>(test: impl Future<Output = T>) -> T {
 async fn start() -> TestEnv {
     TestEnv::start_with(|s| {
         assert_eq!(s.providers.sharespine.calls.max_response_bytes, LIMIT);
-        s.providers.sharespine.calls.max_attempts = ATTEMPTS;
-        s.providers.computestacks.calls.max_attempts = ATTEMPTS;
+        s.providers.sharespine.calls.max_attempts = ATTEMPTS.try_into().unwrap();
+        s.providers.computestacks.calls.max_attempts = ATTEMPTS.try_into().unwrap();
     })
     .await
 }

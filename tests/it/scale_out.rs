@@ -163,7 +163,9 @@ async fn a_killed_worker_s_step_is_taken_over_at_once_on_postgresql() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_s_rate_limit_holds_every_worker_until_its_retry_after() {
-    let env = TestEnv::start_with(|s| s.providers.sharespine.calls.concurrency = 1).await;
+    let env =
+        TestEnv::start_with(|s| s.providers.sharespine.calls.concurrency = 1.try_into().unwrap())
+            .await;
     let mut others = Vec::new();
     for _ in 0..2 {
         let token = CancellationToken::new();

@@ -32,7 +32,7 @@ pub fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
                 )
             };
         }
-        onboarding_worker::telemetry::init("text", move || writer.clone());
+        onboarding_worker::telemetry::init(Default::default(), move || writer.clone());
         buf
     })
     .clone()
@@ -60,7 +60,7 @@ pub fn test_settings(vhost: &Vhost, ledger_dir: &std::path::Path) -> Settings {
     s.amqp.url = onboarding_worker::config::Secret::new(vhost.amqp_url());
     s.amqp.reconnect_min_ms = 100;
     s.amqp.reconnect_max_ms = 1000;
-    s.metrics.listen = "127.0.0.1:0".into();
+    s.metrics.listen = "127.0.0.1:0".parse().unwrap();
     s.ledger.url = onboarding_worker::config::Secret::new(format!(
         "sqlite://{}/ledger.sqlite",
         ledger_dir.display()
@@ -75,7 +75,7 @@ pub fn test_settings(vhost: &Vhost, ledger_dir: &std::path::Path) -> Settings {
         calls.timeout_ms = 1500;
         calls.retry_base_ms = 50;
         calls.retry_cap_ms = 400;
-        calls.max_attempts = 6;
+        calls.max_attempts = 6.try_into().unwrap();
     }
     for polls in [
         &mut s.providers.computestacks.polls,

@@ -477,7 +477,7 @@ impl Provider for ComputeStacks {
     }
 
     fn concurrency(&self) -> usize {
-        self.settings.calls.concurrency
+        self.settings.calls.concurrency.get()
     }
 
     async fn run(&self, ctx: &StepContext<'_>) -> Result<StepOutcome, StepError> {
@@ -669,7 +669,7 @@ mod tests {
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
         cs.base_url = format!("http://{addr}");
         cs.calls.timeout_ms = 5_000;
-        cs.calls.max_attempts = 3;
+        cs.calls.max_attempts = 3.try_into().unwrap();
         cs.polls.insert(
             POLL_ORDER.into(),
             PollSettings {

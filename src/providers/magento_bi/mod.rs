@@ -649,7 +649,7 @@ impl Provider for MagentoBi {
     }
 
     fn concurrency(&self) -> usize {
-        self.settings.calls.concurrency
+        self.settings.calls.concurrency.get()
     }
 
     async fn run(&self, ctx: &StepContext<'_>) -> Result<StepOutcome, StepError> {

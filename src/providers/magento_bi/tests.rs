@@ -38,7 +38,7 @@ fn test_settings() -> MagentoBiSettings {
     s.client_secret = Secret::new(SECRET);
     s.token_renew_margin_ms = 100;
     s.calls.timeout_ms = 5000;
-    s.calls.max_attempts = 3;
+    s.calls.max_attempts = 3.try_into().unwrap();
     s.calls.retry_base_ms = 10;
     s.calls.retry_cap_ms = 50;
     for p in s.polls.values_mut() {

@@ -578,7 +578,7 @@ impl Provider for Sharespine {
     }
 
     fn concurrency(&self) -> usize {
-        self.settings.calls.concurrency
+        self.settings.calls.concurrency.get()
     }
 
     async fn run(&self, ctx: &StepContext<'_>) -> Result<StepOutcome, StepError> {
@@ -613,7 +613,7 @@ mod tests {
             .sharespine;
         s.password = crate::config::Secret::new(PASSWORD);
         s.calls.timeout_ms = 2_000;
-        s.calls.max_attempts = 3;
+        s.calls.max_attempts = 3.try_into().unwrap();
         s
     }
 

@@ -1,7 +1,9 @@
 //! The broker's own ceiling for the worker's message pattern, measured with
 //! nothing else in the way (no HTTP, no ledger): consume a persistent message
 //! from a quorum queue, publish its successor with a publisher confirm, ack.
-//! Used by the benchmark to put the worker's figures in proportion.
+//! Used by the benchmark to put the worker's figures in proportion; it uses
+//! the library's own confirmed publishing, so the ceiling is measured with the
+//! same publish the worker makes.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,8 +15,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
-
-use super::{confirm_channel, connect, publish_confirmed, BrokerError};
+use onboarding_worker::broker::{confirm_channel, connect, publish_confirmed};
 
 /// What one ceiling run measured.
 #[derive(Debug, Clone)]
@@ -40,7 +41,7 @@ pub async fn measure(
     prefetch: u16,
     message_bytes: usize,
     duration: Duration,
-) -> Result<Ceiling, BrokerError> {
+) -> anyhow::Result<Ceiling> {
     let conn = connect(url, "onboarding-bench-ceiling", None).await?;
     let setup = conn.create_channel().await?;
     let queue = format!("onboarding.bench.ceiling.{}", uuid::Uuid::new_v4().simple());
@@ -79,9 +80,7 @@ pub async fn measure(
     };
     let body = vec![b'x'; message_bytes];
     for _ in 0..chains {
-        publish_confirmed(&publish, "", &queue, true, &body, props())
-            .await
-            .map_err(|e| BrokerError::Other(e.to_string()))?;
+        publish_confirmed(&publish, "", &queue, true, &body, props()).await?;
     }
     let steps = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));

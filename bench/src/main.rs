@@ -13,6 +13,10 @@
 //! many onboardings all wait on slow provider jobs; (5) one worker process vs two
 //! on a latency-bound load. Figures are printed, never asserted.
 //!
+//! It is a workspace member of its own (`bench/`), so none of it ships in the
+//! worker; the root manifest makes it a default member so that the commands
+//! above work from the repository root.
+//!
 //! The bench re-executes itself with `__sandbox` / `__worker` to run the sandbox
 //! and workers as separate processes where a part needs that.
 
@@ -21,10 +25,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod ceiling;
+
 use anyhow::{bail, Context};
 use clap::Parser;
 use onboarding_worker::broker::admin::Admin;
-use onboarding_worker::broker::ceiling;
 use onboarding_worker::config::{Secret, Settings};
 use onboarding_worker::sandbox::{Listens, Sandbox, SandboxOptions};
 use onboarding_worker::worker::Worker;
@@ -429,9 +434,9 @@ fn base_settings(
     let mut s = Settings::load(None)?;
     s.amqp.url = Secret::new(vhost.amqp());
     s.ledger.url = Secret::new(format!("sqlite://{}/ledger.sqlite", dir.display()));
-    s.metrics.listen = "127.0.0.1:0".into();
-    s.providers.sharespine.calls.concurrency = concurrency;
-    s.providers.computestacks.calls.concurrency = concurrency;
+    s.metrics.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    s.providers.sharespine.calls.concurrency = concurrency.try_into()?;
+    s.providers.computestacks.calls.concurrency = concurrency.try_into()?;
     Ok(s)
 }
 
