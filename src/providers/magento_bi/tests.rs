@@ -4,9 +4,12 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+use super::connection_test::TEST_JOB_ID;
 use super::*;
 use crate::config::{Secret, Settings};
+use crate::domain::RetryReason;
 use crate::engine::local::{run_plan, LocalRun};
+use crate::engine::step::StepDone;
 use crate::sandbox::faults::{Fault, FaultRule};
 use crate::sandbox::magento_bi::{
     Api, ConnectionList, EstablishedForm, Ids, JobIdOnCreate, JobList, JobStatusForm, JobWorkload,

@@ -159,7 +159,7 @@ impl Tokens {
     }
 
     async fn fetch(&self, step: &str, generation: u64) -> Result<Token, StepError> {
-        let url = super::endpoint(&self.api_base, "api_base", &["v1", "tokens"])?;
+        let url = super::calls::endpoint(&self.api_base, "api_base", &["v1", "tokens"])?;
         let body = json!({
             "username": self.username,
             "password": self.password.expose(),
