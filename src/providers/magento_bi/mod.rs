@@ -12,7 +12,8 @@
 //!
 //! Files: one per group of steps (`client`, `connection`, `connection_test`,
 //! `dashboards`), `calls` (URLs, the token-carrying call, reading answers),
-//! `input` (the checks of `plan`), `answers`, `token`; this file holds the plan
+//! `input` (the checks of `plan`), `answers` and `jobs` (the tolerant readers;
+//! `jobs` picks our connection test out of the job list), `token`; this file holds the plan
 //! and the [`Provider`] impl.
 //!
 //! # Tolerant readers, strict writers
@@ -133,6 +134,7 @@ mod connection;
 mod connection_test;
 mod dashboards;
 mod input;
+mod jobs;
 mod token;
 
 use std::time::Duration;
