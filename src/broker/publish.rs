@@ -215,7 +215,7 @@ impl Transport for AmqpTransport {
     ) -> Result<(), TransportError> {
         let left = (until_ms - crate::ledger::now_ms()).max(1);
         let body = serde_json::to_vec(&crate::engine::pauses::PauseMessage {
-            provider: provider.as_str().into(),
+            provider,
             for_ms: left,
         })
         .expect("serialises");

@@ -63,10 +63,7 @@ impl Source {
 /// A message on `onboarding.control`: a provider's pause to honour.
 fn on_control(engine: &Engine, body: &[u8]) {
     match serde_json::from_slice::<crate::engine::pauses::PauseMessage>(body) {
-        Ok(p) => match ProviderId::parse(&p.provider) {
-            Some(provider) => engine.pause_provider(provider, p.until_ms()),
-            None => warn!(provider = %p.provider, "pause for an unknown provider ignored"),
-        },
+        Ok(p) => engine.pause_provider(p.provider, p.until_ms()),
         Err(e) => {
             warn!(error.message = %e, bytes = body.len(), "unreadable control message ignored")
         }

@@ -44,10 +44,11 @@ impl ProviderPauses {
 }
 
 /// The message every worker sees: `{"provider": "...", "for_ms": ...}`. The
-/// pause's length, not its end: hosts' clocks differ.
+/// pause's length, not its end: hosts' clocks differ. A provider this worker
+/// does not know (a newer worker's) makes the message unreadable, and ignored.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PauseMessage {
-    pub provider: String,
+    pub provider: ProviderId,
     pub for_ms: i64,
 }
 
