@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::num::{NonZeroU16, NonZeroU32, NonZeroUsize};
+use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -74,6 +74,9 @@ pub struct AmqpSettings {
     /// First and longest pause between reconnection attempts.
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+    /// A publish unconfirmed this long fails its session (the worker
+    /// reconnects, handing every delivery in hand back).
+    pub confirm_timeout_ms: NonZeroU64,
     /// For `amqps://`: a PEM file of CA certificates trusted besides the
     /// system's roots; empty for the system's roots only.
     #[serde(default)]

@@ -73,7 +73,7 @@ pub struct Metrics {
     /// Connections (re)established.
     pub broker_connections_total: prometheus::IntCounter,
     /// Broker sessions that ended by failure, by reason (connection_lost,
-    /// consumer_cancelled, channel_closed).
+    /// consumer_cancelled, channel_closed, confirm_timeout).
     pub broker_session_failures_total: IntCounterVec,
     /// 1 while the ledger does not answer (consumption paused, not ready).
     pub ledger_unreachable: IntGauge,
@@ -212,7 +212,7 @@ impl Metrics {
                 r.register(Box::new(c.clone())).expect("registered once");
                 c
             },
-            broker_session_failures_total: counter(&r, "onboarding_broker_session_failures_total", "Broker sessions that failed, by reason: connection_lost, consumer_cancelled (a basic.cancel or an ended consumer), channel_closed.", &["reason"]),
+            broker_session_failures_total: counter(&r, "onboarding_broker_session_failures_total", "Broker sessions that failed, by reason: connection_lost, consumer_cancelled (a basic.cancel or an ended consumer), channel_closed, confirm_timeout (a publish unconfirmed for amqp.confirm_timeout_ms).", &["reason"]),
             ledger_unreachable: gauge(&r, "onboarding_ledger_unreachable", "1 while the ledger does not answer: consumption paused, /readyz not ready."),
             ledger_seconds,
             publish_seconds,
@@ -257,7 +257,12 @@ impl Metrics {
         }
         self.token_renewals_total
             .with_label_values(&[ProviderId::MagentoBi.as_str()]);
-        for r in ["connection_lost", "consumer_cancelled", "channel_closed"] {
+        for r in [
+            "connection_lost",
+            "consumer_cancelled",
+            "channel_closed",
+            "confirm_timeout",
+        ] {
             self.broker_session_failures_total.with_label_values(&[r]);
         }
         for e in EventKind::ALL {

@@ -91,6 +91,7 @@ impl Worker {
             shutdown_grace: Duration::from_millis(settings.worker.shutdown_grace_ms),
             tls_ca_file: settings.amqp.tls_ca_path().map(Into::into),
             give_up_after_deliveries: settings.worker.give_up_after_deliveries.get(),
+            confirm_timeout: Duration::from_millis(settings.amqp.confirm_timeout_ms.get()),
         };
         let task = {
             let (metrics, health) = (metrics.clone(), health.clone());

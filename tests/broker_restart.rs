@@ -3,10 +3,14 @@
 //! flight, `/readyz` 503 while it is away, `rabbitmqctl start_app`, and every
 //! onboarding completes with one tenant each.
 //!
-//! A test binary of its own: `stop_app` takes every vhost down, and cargo runs
-//! test binaries one after another, never next to this one. The broker is
-//! started again whatever happens (a guard). Needs `rabbitmqctl` on PATH and
-//! the right to run it (root, as `scripts/services.sh` sets the broker up).
+//! Also a broker that stops confirming (a memory alarm): the session fails
+//! after `amqp.confirm_timeout_ms` and the onboarding completes once.
+//!
+//! A test binary of its own: `stop_app` and the alarm take every vhost down,
+//! and cargo runs test binaries one after another, never next to this one.
+//! The broker is started again, and its alarm cleared, whatever happens
+//! (guards). Needs `rabbitmqctl` on PATH and the right to run it (root, as
+//! `scripts/services.sh` sets the broker up).
 
 mod support;
 
@@ -26,6 +30,10 @@ use crate::support::requests::sharespine_request;
 const REQUESTS: usize = 20;
 /// Where the test keeps every event, across the restart (durable, quorum).
 const EVENTS_QUEUE: &str = "test.events";
+/// The tests here act on the whole node (its application, its memory alarm):
+/// one at a time, though cargo runs a binary's tests in parallel.
+static NODE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// How long a port check waits for an answer.
 const PORT_CHECK: Duration = Duration::from_millis(500);
 
@@ -68,6 +76,7 @@ async fn ready_status(client: &reqwest::Client, port: u16) -> Option<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_with_onboardings_in_flight_is_survived_and_each_completes_once() {
+    let _node = NODE.lock().await;
     let env = TestEnv::start_with(|s| {
         s.sandbox.latency_ms = 100;
         // Four steps at a time, so the twenty are still going when the broker stops.
@@ -282,4 +291,125 @@ async fn a_broker_restart_with_onboardings_in_flight_is_survived_and_each_comple
     );
     admin.close().await;
     env.shutdown().await;
+}
+
+/// Puts the broker's memory limit back when dropped, whether the test passed
+/// or not: a memory alarm left on would block every publisher on the node.
+struct AlarmCleared;
+
+impl Drop for AlarmCleared {
+    fn drop(&mut self) {
+        if let Err(e) = rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]) {
+            eprintln!("could not clear the memory alarm: {e}; run `rabbitmqctl set_vm_memory_high_watermark 0.4`");
+        }
+    }
+}
+
+/// A broker that stops confirming (here a memory alarm, which blocks every
+/// publishing connection; also a stalled queue or a half-open connection):
+/// the publish waiting for its confirm fails after `amqp.confirm_timeout_ms`,
+/// the session fails (`reason="confirm_timeout"`) and the worker reconnects,
+/// handing the delivery back, instead of holding it unacknowledged for as long
+/// as the connection lives. Once the broker confirms again the onboarding
+/// completes, with one tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_stops_confirming_fails_the_session_and_the_onboarding_completes_once() {
+    let _node = NODE.lock().await;
+    let env = TestEnv::start_with(|s| {
+        // The create is in flight when the alarm goes on (calls time out at 1.5 s).
+        s.sandbox.latency_ms = 1000;
+        s.amqp.confirm_timeout_ms = 2000.try_into().unwrap();
+    })
+    .await;
+    let sharespine = env.sandbox.sharespine.clone();
+    env.publish(&sharespine_request(
+        "alarm-1",
+        "alarm1",
+        &["anna"],
+        Some("anna"),
+    ))
+    .await;
+    let knobs = sharespine.knobs.clone();
+    wait_until(Duration::from_secs(20), || {
+        knobs.all_calls().get("POST /reseller/tenant").copied() >= Some(1)
+    })
+    .await;
+
+    // ---- the broker stops confirming ----
+    let _cleared = AlarmCleared;
+    let started = Instant::now();
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]))
+        .await
+        .unwrap()
+        .expect("set a memory alarm");
+    let metrics_url = format!("http://{}/metrics", env.worker().metrics_addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let failed = metric_value(
+            &text,
+            "onboarding_broker_session_failures_total",
+            &[("reason", "confirm_timeout")],
+        );
+        if failed >= Some(1.0) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let logs = crate::support::env::captured_logs();
+            let logs = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
+            let tail: Vec<&str> = logs
+                .lines()
+                .filter(|l| !l.contains("CA root"))
+                .rev()
+                .take(30)
+                .collect();
+            panic!(
+                "no confirm_timeout session failure within 30 s of the alarm: {failed:?}; last log lines: {tail:#?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let noticed_after = started.elapsed();
+
+    // ---- and confirms again ----
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]))
+        .await
+        .unwrap()
+        .expect("clear the memory alarm");
+    let ledger = onboarding_worker::ledger::open(env.settings.ledger.url.expose())
+        .await
+        .expect("the test's ledger opens");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let record = ledger.get("alarm-1").await.expect("ledger read");
+        if record.as_ref().map(|r| r.status) == Some(Status::Completed) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not completed 60 s after the alarm cleared: {:?}; worker queues: {:?}",
+            record.map(|r| (r.status, r.cursor, r.done_steps, r.current_step)),
+            env.vhost.busy_queues().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let completed_after = started.elapsed();
+    let end = env.final_event("alarm-1", Duration::from_secs(20)).await;
+    assert_eq!(end["event"], "completed", "{end:#}");
+    assert_eq!(sharespine.tenants().len(), 1, "one tenant");
+    assert_eq!(
+        knobs.all_calls().get("POST /reseller/tenant"),
+        Some(&1),
+        "one tenant create"
+    );
+    println!(
+        "confirms stopped: session failed (confirm_timeout) {:.1} s after the alarm, onboarding completed {:.1} s after",
+        noticed_after.as_secs_f64(),
+        completed_after.as_secs_f64()
+    );
 }

@@ -57,6 +57,8 @@ pub struct BrokerSettings {
     /// A failing message is given up on (ended `failed` `exhausted`) at this
     /// many deliveries, before the queues' delivery limit.
     pub give_up_after_deliveries: u32,
+    /// A publish unconfirmed this long fails the session.
+    pub confirm_timeout: Duration,
 }
 
 /// Connects, naming the connection so operators can find it in the management UI.

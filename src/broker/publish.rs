@@ -79,10 +79,25 @@ struct ChannelPool {
     free: std::sync::Mutex<Vec<Channel>>,
     /// One permit per channel in `free`.
     permits: Semaphore,
+    /// How long a publish waits for its confirm (`amqp.confirm_timeout_ms`).
+    /// RabbitMQ confirms in milliseconds, or closes the channel or
+    /// connection; a confirm that never comes (a stalled queue, a connection
+    /// blocked by a resource alarm, a half-open connection) would otherwise
+    /// hold the delivery, and its request, unacknowledged for as long as the
+    /// connection lives, with nothing logged.
+    confirm_timeout: Duration,
+    /// A publish went unconfirmed past `confirm_timeout`: its channel is out
+    /// of the pool (a late confirm would be taken for the next publish's) and
+    /// the session must start over.
+    stalled: std::sync::atomic::AtomicBool,
 }
 
 impl ChannelPool {
-    async fn open(conn: &Connection, size: usize) -> Result<ChannelPool, BrokerError> {
+    async fn open(
+        conn: &Connection,
+        size: usize,
+        confirm_timeout: Duration,
+    ) -> Result<ChannelPool, BrokerError> {
         let mut channels = Vec::with_capacity(size);
         for _ in 0..size {
             channels.push(confirm_channel(conn).await?);
@@ -90,6 +105,8 @@ impl ChannelPool {
         Ok(ChannelPool {
             permits: Semaphore::new(size),
             free: std::sync::Mutex::new(channels),
+            confirm_timeout,
+            stalled: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -113,10 +130,29 @@ impl ChannelPool {
             .expect("pool lock")
             .pop()
             .expect("a free channel for each permit");
-        let result =
-            publish_confirmed(&channel, exchange, routing_key, mandatory, body, props).await;
-        self.free.lock().expect("pool lock").push(channel);
-        result
+        let publish = publish_confirmed(&channel, exchange, routing_key, mandatory, body, props);
+        match tokio::time::timeout(self.confirm_timeout, publish).await {
+            Ok(result) => {
+                self.free.lock().expect("pool lock").push(channel);
+                result
+            }
+            Err(_) => {
+                // The channel is not given back (nor its permit): the session
+                // sees `stalled` and reconnects, which hands every delivery in
+                // hand back to the broker.
+                self.stalled
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(TransportError::Broker(format!(
+                    "no confirm from the broker within {} ms",
+                    self.confirm_timeout.as_millis()
+                )))
+            }
+        }
+    }
+
+    /// Whether a publish went unconfirmed past its deadline.
+    fn stalled(&self) -> bool {
+        self.stalled.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether every channel is still open.
@@ -137,14 +173,15 @@ pub struct AmqpTransport {
 
 impl AmqpTransport {
     /// Opens `channels` confirm-mode channels on `conn`: as many publishes can
-    /// be in flight at once.
+    /// be in flight at once, each failing when unconfirmed after `confirm_timeout`.
     pub async fn open(
         conn: &Connection,
         channels: usize,
+        confirm_timeout: Duration,
         metrics: Metrics,
     ) -> Result<Self, BrokerError> {
         Ok(AmqpTransport {
-            pool: ChannelPool::open(conn, channels.max(1)).await?,
+            pool: ChannelPool::open(conn, channels.max(1), confirm_timeout).await?,
             metrics,
         })
     }
@@ -152,6 +189,11 @@ impl AmqpTransport {
     /// Whether every publishing channel is still open.
     pub(super) fn all_open(&self) -> bool {
         self.pool.all_open()
+    }
+
+    /// Whether a publish went unconfirmed past its deadline.
+    pub(super) fn stalled(&self) -> bool {
+        self.pool.stalled()
     }
 
     fn timer(&self, what: &str) -> prometheus::HistogramTimer {

@@ -10,7 +10,7 @@ use backon::BackoffBuilder;
 use futures::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::Channel;
+use lapin::{Channel, Connection};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -29,6 +29,7 @@ enum SessionFailure {
     ConnectionLost,
     ConsumerCancelled,
     ChannelClosed,
+    ConfirmTimeout,
 }
 
 impl SessionFailure {
@@ -37,6 +38,7 @@ impl SessionFailure {
             SessionFailure::ConnectionLost => "connection_lost",
             SessionFailure::ConsumerCancelled => "consumer_cancelled",
             SessionFailure::ChannelClosed => "channel_closed",
+            SessionFailure::ConfirmTimeout => "confirm_timeout",
         }
     }
 }
@@ -205,9 +207,14 @@ async fn session(
     // handler publishes one message at a time), within reason.
     let in_hand: usize = sources.iter().map(|(_, _, p)| (*p).max(1) as usize).sum();
     let transport = Arc::new(
-        AmqpTransport::open(&conn, in_hand.min(MAX_PUBLISH_CHANNELS), metrics.clone())
-            .await
-            .map_err(lost)?,
+        AmqpTransport::open(
+            &conn,
+            in_hand.min(MAX_PUBLISH_CHANNELS),
+            settings.confirm_timeout,
+            metrics.clone(),
+        )
+        .await
+        .map_err(lost)?,
     );
     let mut streams = Vec::new();
     let mut consumers = Vec::new();
@@ -271,6 +278,9 @@ async fn session(
                 if !conn.status().connected() {
                     break Some((SessionFailure::ConnectionLost, BrokerError::Other("the connection is closed".into())));
                 }
+                if transport.stalled() {
+                    break Some((SessionFailure::ConfirmTimeout, BrokerError::Other(format!("a publish went unconfirmed for {} ms", settings.confirm_timeout.as_millis()))));
+                }
                 if !transport.all_open() || consumers.iter().any(|(ch, _)| !ch.status().connected()) {
                     break Some((SessionFailure::ChannelClosed, BrokerError::Other("a channel was closed by the broker".into())));
                 }
@@ -306,7 +316,7 @@ async fn session(
         // the broker at once (in-flight handlers then fail to ack); the ledger
         // makes their redelivery harmless. A half-broken connection left open
         // would keep its consumers' messages.
-        let _ = conn.close(200, "session failed; reconnecting".into()).await;
+        close(&conn, "session failed; reconnecting").await;
         return Err(failure);
     }
     info!("shutting down: no new deliveries; settling those in hand");
@@ -317,10 +327,30 @@ async fn session(
     }
     drop(deliveries);
     settle(tracker, settings.shutdown_grace).await;
-    let _ = conn.close(200, "shutdown".into()).await;
+    close(&conn, "shutdown").await;
     info!("broker connection closed");
     Ok(())
 }
+
+/// Closes the connection, waiting at most [`CLOSE_WAIT`] for the broker's
+/// close-ok: a broker that has blocked the connection (a resource alarm) reads
+/// nothing from it until the alarm clears, and would hold the session, and
+/// every reconnection, for as long. Its deliveries then go back to their queues
+/// when the broker reads the close.
+async fn close(conn: &Connection, why: &str) {
+    if tokio::time::timeout(CLOSE_WAIT, conn.close(200, why.into()))
+        .await
+        .is_err()
+    {
+        warn!(
+            wait_ms = CLOSE_WAIT.as_millis() as u64,
+            "the broker did not answer the connection's close (blocked?); going on without it"
+        );
+    }
+}
+
+/// How long a connection's close waits for the broker.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// A consumer's deliveries, tagged with where they come from.
 type Deliveries = futures::stream::BoxStream<

@@ -246,7 +246,7 @@ async fn every_unroutable_publish_is_a_failure_of_its_own_message_however_many_a
     let conn = broker::connect(&vhost.amqp_url(), "test-transport", None)
         .await
         .expect("connects");
-    let transport = AmqpTransport::open(&conn, 16, Metrics::new())
+    let transport = AmqpTransport::open(&conn, 16, Duration::from_secs(30), Metrics::new())
         .await
         .expect("opens its channels");
     for round in 0..3 {
