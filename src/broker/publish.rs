@@ -119,7 +119,7 @@ impl ChannelPool {
         body: &[u8],
         props: BasicProperties,
     ) -> Result<(), TransportError> {
-        let _permit = self
+        let permit = self
             .permits
             .acquire()
             .await
@@ -134,12 +134,15 @@ impl ChannelPool {
         match tokio::time::timeout(self.confirm_timeout, publish).await {
             Ok(result) => {
                 self.free.lock().expect("pool lock").push(channel);
+                drop(permit);
                 result
             }
             Err(_) => {
-                // The channel is not given back (nor its permit): the session
+                // The channel is not given back, nor its permit (a permit
+                // without a channel would find the pool empty): the session
                 // sees `stalled` and reconnects, which hands every delivery in
                 // hand back to the broker.
+                permit.forget();
                 self.stalled
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 Err(TransportError::Broker(format!(
