@@ -15,6 +15,7 @@
 //! [`resilient::Resilient`] wraps either for the worker: every operation
 //! timed, the idempotent ones retried through a short outage.
 
+mod group_commit;
 mod lease;
 pub mod postgres;
 pub mod resilient;
@@ -43,9 +44,10 @@ pub enum LedgerError {
     Corrupt { request_id: String, message: String },
     #[error("ledger url: {0}")]
     Url(String),
-    /// A batched write failed (the batch's error, as text: it is shared).
-    #[error("ledger database error: {0}")]
-    Batch(String),
+    /// A batched write failed (the batch's error, as text: it is shared;
+    /// `outage` if it was one).
+    #[error("ledger database error: {message}")]
+    Batch { message: String, outage: bool },
 }
 
 impl LedgerError {
@@ -61,6 +63,7 @@ impl LedgerError {
     pub fn is_outage(&self) -> bool {
         match self {
             LedgerError::Database(e) => sqlx_outage(e),
+            LedgerError::Batch { outage, .. } => *outage,
             _ => false,
         }
     }

@@ -49,7 +49,7 @@ const THROUGH_AN_OUTAGE: RetryPolicy = RetryPolicy {
 /// A database error (or a failed batch, its text): worth trying again.
 /// Corrupt data and a bad URL are not.
 fn retryable(e: &LedgerError) -> bool {
-    matches!(e, LedgerError::Database(_) | LedgerError::Batch(_))
+    matches!(e, LedgerError::Database(_) | LedgerError::Batch { .. })
 }
 
 impl Resilient {

@@ -1,247 +1,152 @@
-//! The SQLite ledger's batch writer: claims and step records, the two writes
-//! of every step, go to one task that writes all those waiting in one
-//! `BEGIN IMMEDIATE` transaction (group commit: one fsync for the lot, the
-//! write lock taken once, at the start, so no read has to upgrade to it).
+//! How the SQLite ledger writes a batch of [`group_commit`] writes: in one
+//! `BEGIN IMMEDIATE` transaction (one fsync for the lot, the write lock
+//! taken at the start, so no read has to upgrade to it), sent to SQLite's
+//! thread as at most two commands, because every command is a hand-off to
+//! that thread and back:
 //!
-//! In a batch, step records are written first (so a claim in the same batch
-//! sees them), then each claim is decided by [`lease::decide`] in arrival
-//! order, against the leases as the earlier claims of the batch left them.
+//! 1. when the batch accepts or claims: `BEGIN IMMEDIATE` and the leases of
+//!    the requests concerned. Accepts and claims are then decided here, in
+//!    order ([`lease::decide`] for each claim, against the leases as the
+//!    earlier writes of the batch left them);
+//! 2. every write, kind by kind in [`Write`]'s order, the records the
+//!    granted claims and repeated accepts read back, and `COMMIT`.
+//!
+//! On any error the transaction is rolled back, whole.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use sqlx::{Sqlite, SqlitePool, Transaction};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteArguments, SqliteRow};
+use sqlx::{Arguments, Column, FromRow, Row, SqliteConnection, SqlitePool};
+use tokio::sync::Mutex;
 
 use super::STEPS;
+use crate::ledger::group_commit::{Answer, ClaimOp, Write, WriteBatch};
 use crate::ledger::lease::{self, Claimant, Decision, LeaseState};
 use crate::ledger::rows::{RequestRow, RECORD_PROGRESS, REQUEST_COLUMNS};
-use crate::ledger::{now_ms, Claim, LedgerError, Progress, RequestRecord};
+use crate::ledger::{now_ms, Accept, Claim, LedgerError, RequestRecord};
 
-/// Most operations written in one transaction.
-const MAX_BATCH: usize = 128;
-
-/// A claim waiting to be written.
-pub(super) struct ClaimOp {
-    pub request_id: String,
-    pub seq: i64,
-    pub step: i64,
-    pub owner: String,
-    pub lease_ms: i64,
+/// Writes batches on a connection of the pool, holding the process's
+/// one-writer lock for each.
+pub(super) struct SqliteWriter {
+    pub pool: SqlitePool,
+    pub write: Arc<Mutex<()>>,
 }
 
-/// A step record waiting to be written.
-pub(super) struct RecordOp {
-    pub request_id: String,
-    pub step_key: String,
-    /// JSON object text.
-    pub outputs: String,
-    /// JSON object text.
-    pub secrets: String,
-    pub progress: Progress,
-}
-
-/// What a caller waits for: an operation and where its answer goes.
-enum Queued {
-    Claim(ClaimOp, oneshot::Sender<Result<Claim, LedgerError>>),
-    Record(RecordOp, oneshot::Sender<Result<(), LedgerError>>),
-}
-
-/// The handle to the writer task; the task ends when the handle is dropped.
-pub(super) struct BatchWriter {
-    queue: mpsc::UnboundedSender<Queued>,
-}
-
-fn stopped() -> LedgerError {
-    LedgerError::Batch("the ledger's writer has stopped".into())
-}
-
-impl BatchWriter {
-    /// Starts the writer task. `write` is the process's one-writer lock,
-    /// held for each batch.
-    pub fn start(pool: SqlitePool, write: Arc<Mutex<()>>) -> BatchWriter {
-        let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, write, rx));
-        BatchWriter { queue }
-    }
-
-    pub async fn claim(&self, op: ClaimOp) -> Result<Claim, LedgerError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Queued::Claim(op, reply))
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
-    }
-
-    pub async fn record(&self, op: RecordOp) -> Result<(), LedgerError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Queued::Record(op, reply))
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
-    }
-}
-
-/// Writes every operation waiting, a batch at a time, until the handle is dropped.
-async fn run(pool: SqlitePool, write: Arc<Mutex<()>>, mut rx: mpsc::UnboundedReceiver<Queued>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = Batch::default();
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        let _writer = write.lock().await;
-        batch.write(&pool).await;
-    }
-}
-
-#[derive(Default)]
-struct Batch {
-    claims: Vec<ClaimOp>,
-    claim_replies: Vec<oneshot::Sender<Result<Claim, LedgerError>>>,
-    records: Vec<RecordOp>,
-    record_replies: Vec<oneshot::Sender<Result<(), LedgerError>>>,
-}
-
-impl Batch {
-    fn push(&mut self, queued: Queued) {
-        match queued {
-            Queued::Claim(op, reply) => {
-                self.claims.push(op);
-                self.claim_replies.push(reply);
-            }
-            Queued::Record(op, reply) => {
-                self.records.push(op);
-                self.record_replies.push(reply);
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.claims.len() + self.records.len()
-    }
-
-    /// Writes the batch and answers every caller (the batch's error, as
-    /// text, to each when it failed: nothing of it was committed).
-    async fn write(self, pool: &SqlitePool) {
-        match self.apply(pool).await {
-            Ok(claims) => {
-                for (reply, claim) in self.claim_replies.into_iter().zip(claims) {
-                    let _ = reply.send(claim);
-                }
-                for reply in self.record_replies {
-                    let _ = reply.send(Ok(()));
-                }
-            }
-            Err(e) => {
-                let message = e.to_string();
-                for reply in self.claim_replies {
-                    let _ = reply.send(Err(LedgerError::Batch(message.clone())));
-                }
-                for reply in self.record_replies {
-                    let _ = reply.send(Err(LedgerError::Batch(message.clone())));
-                }
-            }
-        }
-    }
-
-    /// One transaction: the records, then the claims; what each claim got,
-    /// in order. A request whose row cannot be read back fails its own
-    /// claim only: the records and claims batched with it still commit.
-    async fn apply(
+#[async_trait]
+impl WriteBatch for SqliteWriter {
+    async fn write_batch(
         &self,
-        pool: &SqlitePool,
-    ) -> Result<Vec<Result<Claim, LedgerError>>, LedgerError> {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let now = now_ms();
-        if !self.records.is_empty() {
-            insert_steps(&mut tx, &self.records, now).await?;
-            note_progress(&mut tx, &self.records, now).await?;
+        writes: &[Write],
+    ) -> Result<Vec<Result<Answer, LedgerError>>, LedgerError> {
+        let _writer = self.write.lock().await;
+        let mut conn = self.pool.acquire().await?;
+        let written = write(&mut conn, writes).await;
+        if written.is_err() {
+            // Fails harmlessly when the transaction never began. A
+            // connection that cannot even roll back is not reused.
+            if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+                conn.close_on_drop();
+            }
         }
-        let claims = if self.claims.is_empty() {
-            Vec::new()
-        } else {
-            decide_claims(&mut tx, &self.claims, now).await?
-        };
-        tx.commit().await?;
-        Ok(claims)
+        written
     }
 }
 
-/// `(?first, ?first+1, ...), (...)`: `rows` tuples of `width` numbered
-/// placeholders. Numbered throughout: sqlx numbers bare `?` on its own, so
-/// the two styles must not be mixed. Only placeholders are formatted into
-/// SQL; every value is bound.
-fn placeholders(rows: usize, width: usize, first: usize) -> String {
-    (0..rows)
-        .map(|row| {
-            let base = first + row * width;
-            let tuple: Vec<String> = (base..base + width).map(|n| format!("?{n}")).collect();
-            format!("({})", tuple.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+/// Statements sent to SQLite's thread as one command. Values are bound,
+/// never formatted in. Each is written `?N` (its number in the script) where
+/// the statement is built, and sent as a bare `?` bound in the order the
+/// statement uses it: sqlx binds bare `?` across a script's statements in
+/// order, but binds `?N` wrongly past the first statement once a statement
+/// leaves a number unused.
+#[derive(Default)]
+struct Script {
+    sql: String,
+    values: Vec<Val>,
+    args: SqliteArguments,
+    error: Option<sqlx::error::BoxDynError>,
 }
 
-/// Inserts each record's step unless recorded already (the first record of
-/// a step is the one kept) or its request is unknown.
-async fn insert_steps(
-    tx: &mut Transaction<'_, Sqlite>,
-    records: &[RecordOp],
-    now: i64,
-) -> Result<(), LedgerError> {
-    let values = placeholders(records.len(), 5, 2);
-    let sql = format!(
-        "WITH v(k, request_id, step_key, outputs, secrets) AS (VALUES {values})
-         INSERT INTO steps (request_id, step_key, outputs, secrets, completed_at)
-         SELECT v.request_id, v.step_key, v.outputs, v.secrets, ?1 FROM v
-         WHERE EXISTS (SELECT 1 FROM requests r WHERE r.request_id = v.request_id)
-         ORDER BY v.k
-         ON CONFLICT (request_id, step_key) DO NOTHING"
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
-    for (k, r) in records.iter().enumerate() {
-        q = q
-            .bind(k as i64)
-            .bind(&r.request_id)
-            .bind(&r.step_key)
-            .bind(&r.outputs)
-            .bind(&r.secrets);
-    }
-    q.execute(&mut **tx).await?;
-    Ok(())
+/// A value to bind.
+#[derive(Clone)]
+enum Val {
+    Int(Option<i64>),
+    Text(Option<String>),
+    Blob(Vec<u8>),
 }
 
-/// Notes where each running request stands after its step (the batch's
-/// last record of the request wins, as it would have written last).
-async fn note_progress(
-    tx: &mut Transaction<'_, Sqlite>,
-    records: &[RecordOp],
-    now: i64,
-) -> Result<(), LedgerError> {
-    let mut last: HashMap<&str, &Progress> = HashMap::new();
-    for r in records {
-        last.insert(&r.request_id, &r.progress);
+impl From<i64> for Val {
+    fn from(v: i64) -> Val {
+        Val::Int(Some(v))
     }
-    let values = placeholders(last.len(), 4, 2);
-    let sql = format!(
-        "WITH v(request_id, step, step_index, waiting) AS (VALUES {values})
-         UPDATE requests SET {RECORD_PROGRESS}, updated_at = ?1
-         FROM v WHERE requests.request_id = v.request_id"
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
-    for (request_id, progress) in last {
-        q = q
-            .bind(request_id)
-            .bind(&progress.current_step)
-            .bind(progress.current_index)
-            .bind(progress.waiting_until_ms);
+}
+impl From<Option<i64>> for Val {
+    fn from(v: Option<i64>) -> Val {
+        Val::Int(v)
     }
-    q.execute(&mut **tx).await?;
-    Ok(())
+}
+impl From<&str> for Val {
+    fn from(v: &str) -> Val {
+        Val::Text(Some(v.to_string()))
+    }
+}
+impl From<Option<&str>> for Val {
+    fn from(v: Option<&str>) -> Val {
+        Val::Text(v.map(str::to_string))
+    }
+}
+impl From<&[u8]> for Val {
+    fn from(v: &[u8]) -> Val {
+        Val::Blob(v.to_vec())
+    }
+}
+
+impl Script {
+    /// Keeps `value` for the statements; its placeholder.
+    fn bind(&mut self, value: impl Into<Val>) -> String {
+        self.values.push(value.into());
+        format!("?{}", self.values.len())
+    }
+
+    fn push(&mut self, statement: &str) {
+        let mut rest = statement;
+        while let Some(at) = rest.find('?') {
+            self.sql.push_str(&rest[..at]);
+            self.sql.push('?');
+            let digits = rest[at + 1..]
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len() - at - 1);
+            let n: usize = rest[at + 1..at + 1 + digits]
+                .parse()
+                .expect("placeholders come from Script::bind");
+            let added = match self.values[n - 1].clone() {
+                Val::Int(v) => self.args.add(v),
+                Val::Text(v) => self.args.add(v),
+                Val::Blob(v) => self.args.add(v),
+            };
+            if let Err(e) = added {
+                self.error.get_or_insert(e);
+            }
+            rest = &rest[at + 1 + digits..];
+        }
+        self.sql.push_str(rest);
+        self.sql.push_str(";\n");
+    }
+
+    /// Runs the script; the rows its statements returned, in order.
+    ///
+    /// Several statements in one query is SQLite-only in sqlx, and
+    /// `fetch_many`, which would tell them apart, is deprecated: every row
+    /// read here says what it is by its first column's name.
+    async fn run(self, conn: &mut SqliteConnection) -> Result<Vec<SqliteRow>, LedgerError> {
+        if let Some(e) = self.error {
+            return Err(sqlx::Error::Encode(e).into());
+        }
+        Ok(sqlx::query_with(sqlx::AssertSqlSafe(self.sql), self.args)
+            .fetch_all(conn)
+            .await?)
+    }
 }
 
 /// A request's id with its lease.
@@ -252,119 +157,380 @@ struct LeaseRow {
     lease: LeaseState,
 }
 
-/// Decides every claim in order and writes the leases granted.
-async fn decide_claims(
-    tx: &mut Transaction<'_, Sqlite>,
-    claims: &[ClaimOp],
-    now: i64,
-) -> Result<Vec<Result<Claim, LedgerError>>, LedgerError> {
-    let ids: Vec<&str> = {
-        let mut seen = std::collections::HashSet::new();
-        claims
+/// What was decided for one write before the second command.
+enum Planned {
+    /// Answered already (a new accept, an unknown request's claim, ...).
+    Answer(Answer),
+    /// Answered with the request's record as the batch leaves it.
+    Record(Then),
+    /// Answered with whether the lease was still the renewer's.
+    Renew,
+}
+
+/// What a record read back answers.
+enum Then {
+    Existing,
+    Granted { interrupted: bool },
+}
+
+async fn write(
+    conn: &mut SqliteConnection,
+    writes: &[Write],
+) -> Result<Vec<Result<Answer, LedgerError>>, LedgerError> {
+    let now = now_ms();
+    let mut script = Script::default();
+    // `?1` in every statement of the second command.
+    script.bind(now);
+    // 1. The leases of the requests accepted or claimed.
+    let mut leases: HashMap<String, LeaseState> = HashMap::new();
+    let wanted: Vec<&str> = {
+        let mut seen = HashSet::new();
+        writes
             .iter()
-            .map(|c| c.request_id.as_str())
+            .filter_map(|w| match w {
+                Write::Accept(r) => Some(r.request_id.as_str()),
+                Write::Claim(c) => Some(c.request_id.as_str()),
+                _ => None,
+            })
             .filter(|id| seen.insert(*id))
             .collect()
     };
-    let list = (1..=ids.len())
-        .map(|n| format!("?{n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut q = sqlx::query_as::<_, LeaseRow>(sqlx::AssertSqlSafe(format!(
-        "SELECT request_id, cursor, lease_owner, lease_until, lease_seq, lease_step
-         FROM requests WHERE request_id IN ({list})"
-    )));
-    for id in &ids {
-        q = q.bind(*id);
-    }
-    let mut leases: HashMap<String, LeaseState> = q
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .map(|row| (row.request_id, row.lease))
-        .collect();
-    let mut decisions = Vec::with_capacity(claims.len());
-    let mut taken: Vec<&str> = Vec::new();
-    for c in claims {
-        let Some(state) = leases.get_mut(&c.request_id) else {
-            decisions.push(None);
-            continue;
-        };
-        let claimant = Claimant {
-            seq: c.seq,
-            step: c.step,
-            owner: &c.owner,
-        };
-        let decision = lease::decide(state, &claimant, now);
-        if let Decision::Granted { .. } = decision {
-            state.take(&claimant, now + c.lease_ms);
-            if !taken.contains(&c.request_id.as_str()) {
-                taken.push(&c.request_id);
-            }
+    if wanted.is_empty() {
+        script.push("BEGIN IMMEDIATE");
+    } else {
+        let mut first = Script::default();
+        first.push("BEGIN IMMEDIATE");
+        let list: Vec<String> = wanted.iter().map(|id| first.bind(*id)).collect();
+        first.push(&format!(
+            "SELECT request_id, cursor, lease_owner, lease_until, lease_seq, lease_step
+             FROM requests WHERE request_id IN ({})",
+            list.join(", ")
+        ));
+        for row in first.run(conn).await? {
+            let row = LeaseRow::from_row(&row)?;
+            leases.insert(row.request_id, row.lease);
         }
-        decisions.push(Some(decision));
     }
-    let records = take_leases(tx, &taken, &leases, now).await?;
-    Ok(decisions
-        .into_iter()
-        .zip(claims)
-        .map(|(decision, c)| match decision {
-            None => Ok(Claim::Unknown),
-            Some(Decision::Stale) => Ok(Claim::Stale),
-            Some(Decision::Busy { until_ms, holder }) => Ok(Claim::Busy { until_ms, holder }),
-            Some(Decision::Granted { interrupted }) => match &records[&c.request_id] {
-                Ok(record) => Ok(Claim::Granted {
-                    record: Box::new(record.clone()),
-                    interrupted,
-                }),
-                Err(message) => Err(LedgerError::Corrupt {
-                    request_id: c.request_id.clone(),
-                    message: message.clone(),
-                }),
-            },
-        })
-        .collect())
-}
-
-/// Writes the leases of the requests `taken` as `leases` now has them (a
-/// claim also ends any wait) and reads their records back (an unreadable
-/// one as its error's text: it fails that request's claims, not the batch).
-async fn take_leases(
-    tx: &mut Transaction<'_, Sqlite>,
-    taken: &[&str],
-    leases: &HashMap<String, LeaseState>,
-    now: i64,
-) -> Result<HashMap<String, Result<RequestRecord, String>>, LedgerError> {
-    if taken.is_empty() {
-        return Ok(HashMap::new());
+    // Decided in order: accepts first (a request accepted here can be
+    // claimed here), then claims.
+    let mut planned: Vec<Option<Planned>> = writes.iter().map(|_| None).collect();
+    let mut fresh = Vec::new();
+    for (i, w) in writes.iter().enumerate() {
+        if let Write::Accept(request) = w {
+            planned[i] = Some(if leases.contains_key(&request.request_id) {
+                Planned::Record(Then::Existing)
+            } else {
+                leases.insert(request.request_id.clone(), LeaseState::default());
+                fresh.push(request);
+                Planned::Answer(Answer::Accepted(Accept::New {
+                    accepted_at_ms: now,
+                }))
+            });
+        }
     }
-    let values = placeholders(taken.len(), 6, 2);
-    let sql = format!(
-        "WITH v(request_id, owner, until, seq, step, cursor) AS (VALUES {values})
-         UPDATE requests SET lease_owner = v.owner, lease_until = v.until, lease_seq = v.seq,
-           lease_step = v.step, cursor = v.cursor, waiting_until = NULL, updated_at = ?1
-         FROM v WHERE requests.request_id = v.request_id
-         RETURNING {REQUEST_COLUMNS}, {STEPS}"
-    );
-    let mut q = sqlx::query_as::<_, RequestRow>(sqlx::AssertSqlSafe(sql)).bind(now);
-    for id in taken {
-        let lease = &leases[*id];
-        q = q
-            .bind(*id)
-            .bind(&lease.lease_owner)
-            .bind(lease.lease_until)
-            .bind(lease.lease_seq)
-            .bind(lease.lease_step)
-            .bind(lease.cursor);
+    let mut taken: Vec<&str> = Vec::new();
+    for (i, w) in writes.iter().enumerate() {
+        if let Write::Claim(c) = w {
+            planned[i] = Some(decide(&mut leases, c, now, &mut taken));
+        }
     }
-    let mut records = HashMap::new();
-    for row in q.fetch_all(&mut **tx).await? {
+    // 2. Every write, then the records read back, then the commit.
+    if !fresh.is_empty() {
+        let rows: Vec<String> = fresh
+            .iter()
+            .map(|r| {
+                let values = [
+                    script.bind(r.request_id.as_str()),
+                    script.bind(r.provider.as_str()),
+                    script.bind(r.operation.as_str()),
+                    script.bind(r.body.as_slice()),
+                ];
+                format!("({}, 'running', 0, ?1, ?1)", values.join(", "))
+            })
+            .collect();
+        script.push(&format!(
+            "INSERT INTO requests (request_id, provider, operation, body, status, cursor, accepted_at, updated_at)
+             VALUES {} ON CONFLICT (request_id) DO NOTHING",
+            rows.join(", ")
+        ));
+    }
+    record_steps(&mut script, writes);
+    take_leases(&mut script, &taken, &leases);
+    let read: Vec<&str> = {
+        let mut seen = HashSet::new();
+        writes
+            .iter()
+            .zip(&planned)
+            .filter_map(|(w, p)| match (w, p) {
+                (Write::Accept(r), Some(Planned::Record(_))) => Some(r.request_id.as_str()),
+                (Write::Claim(c), Some(Planned::Record(_))) => Some(c.request_id.as_str()),
+                _ => None,
+            })
+            .filter(|id| seen.insert(*id))
+            .collect()
+    };
+    if !read.is_empty() {
+        let list: Vec<String> = read.iter().map(|id| script.bind(*id)).collect();
+        script.push(&format!(
+            "SELECT {REQUEST_COLUMNS}, {STEPS} FROM requests WHERE request_id IN ({})",
+            list.join(", ")
+        ));
+    }
+    for (i, w) in writes.iter().enumerate() {
+        if let Some(answer) = other_write(&mut script, w) {
+            planned[i] = Some(answer);
+        }
+    }
+    script.push("COMMIT");
+    let mut records: HashMap<String, Result<RequestRecord, String>> = HashMap::new();
+    let mut renewed: HashSet<(String, String)> = HashSet::new();
+    for row in script.run(conn).await? {
+        if row.columns().first().map(|c| c.name()) == Some("renewed_id") {
+            renewed.insert((row.try_get(0)?, row.try_get(1)?));
+            continue;
+        }
+        let row = RequestRow::from_row(&row)?;
         let request_id = row.request_id.clone();
+        // An unreadable record fails the writes that read it, not the batch.
         let record = RequestRecord::try_from(row).map_err(|e| match e {
             LedgerError::Corrupt { message, .. } => message,
             other => other.to_string(),
         });
         records.insert(request_id, record);
     }
-    Ok(records)
+    Ok(writes
+        .iter()
+        .zip(planned)
+        .map(|(w, p)| answer(w, p, &records, &renewed))
+        .collect())
+}
+
+/// One claim decided against the leases as the batch left them so far.
+fn decide<'w>(
+    leases: &mut HashMap<String, LeaseState>,
+    c: &'w ClaimOp,
+    now: i64,
+    taken: &mut Vec<&'w str>,
+) -> Planned {
+    let Some(state) = leases.get_mut(&c.request_id) else {
+        return Planned::Answer(Answer::Claimed(Claim::Unknown));
+    };
+    let claimant = Claimant {
+        seq: c.seq,
+        step: c.step,
+        owner: &c.owner,
+    };
+    match lease::decide(state, &claimant, now) {
+        Decision::Stale => Planned::Answer(Answer::Claimed(Claim::Stale)),
+        Decision::Busy { until_ms, holder } => {
+            Planned::Answer(Answer::Claimed(Claim::Busy { until_ms, holder }))
+        }
+        Decision::Granted { interrupted } => {
+            state.take(&claimant, now + c.lease_ms);
+            if !taken.contains(&c.request_id.as_str()) {
+                taken.push(&c.request_id);
+            }
+            Planned::Record(Then::Granted { interrupted })
+        }
+    }
+}
+
+/// Each record's step, unless recorded already (the first record of a step
+/// is the one kept) or its request is unknown; then where each running
+/// request stands (the batch's last record of a request wins).
+fn record_steps(script: &mut Script, writes: &[Write]) {
+    let records: Vec<_> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Record(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    if records.is_empty() {
+        return;
+    }
+    let rows: Vec<String> = records
+        .iter()
+        .enumerate()
+        .map(|(k, r)| {
+            let values = [
+                script.bind(k as i64),
+                script.bind(r.request_id.as_str()),
+                script.bind(r.step_key.as_str()),
+                script.bind(r.outputs.as_str()),
+                script.bind(r.secrets.as_str()),
+            ];
+            format!("({})", values.join(", "))
+        })
+        .collect();
+    script.push(&format!(
+        "WITH v(k, request_id, step_key, outputs, secrets) AS (VALUES {})
+         INSERT INTO steps (request_id, step_key, outputs, secrets, completed_at)
+         SELECT v.request_id, v.step_key, v.outputs, v.secrets, ?1 FROM v
+         WHERE EXISTS (SELECT 1 FROM requests r WHERE r.request_id = v.request_id)
+         ORDER BY v.k
+         ON CONFLICT (request_id, step_key) DO NOTHING",
+        rows.join(", ")
+    ));
+    let mut last = HashMap::new();
+    for r in &records {
+        last.insert(r.request_id.as_str(), &r.progress);
+    }
+    let rows: Vec<String> = last
+        .into_iter()
+        .map(|(request_id, progress)| {
+            let values = [
+                script.bind(request_id),
+                script.bind(progress.current_step.as_deref()),
+                script.bind(progress.current_index),
+                script.bind(progress.waiting_until_ms),
+            ];
+            format!("({})", values.join(", "))
+        })
+        .collect();
+    script.push(&format!(
+        "WITH v(request_id, step, step_index, waiting) AS (VALUES {})
+         UPDATE requests SET {RECORD_PROGRESS}, updated_at = ?1
+         FROM v WHERE requests.request_id = v.request_id",
+        rows.join(", ")
+    ));
+}
+
+/// The leases of the requests `taken`, as the claims left them (a claim
+/// also ends any wait).
+fn take_leases(script: &mut Script, taken: &[&str], leases: &HashMap<String, LeaseState>) {
+    if taken.is_empty() {
+        return;
+    }
+    let rows: Vec<String> = taken
+        .iter()
+        .map(|id| {
+            let lease = &leases[*id];
+            let values = [
+                script.bind(*id),
+                script.bind(lease.lease_owner.as_deref()),
+                script.bind(lease.lease_until),
+                script.bind(lease.lease_seq),
+                script.bind(lease.lease_step),
+                script.bind(lease.cursor),
+            ];
+            format!("({})", values.join(", "))
+        })
+        .collect();
+    script.push(&format!(
+        "WITH v(request_id, owner, until, seq, step, cursor) AS (VALUES {})
+         UPDATE requests SET lease_owner = v.owner, lease_until = v.until, lease_seq = v.seq,
+           lease_step = v.step, cursor = v.cursor, waiting_until = NULL, updated_at = ?1
+         FROM v WHERE requests.request_id = v.request_id",
+        rows.join(", ")
+    ));
+}
+
+/// The statement of a cursor move, an end, a heartbeat or an abandoned
+/// lease, each as its own statement (they are few per step, and each reads
+/// the row as the statements before it left it).
+fn other_write(script: &mut Script, w: &Write) -> Option<Planned> {
+    match w {
+        Write::Advance(a) => {
+            let seq = script.bind(a.next_seq);
+            let owner = script.bind(a.owner.as_str());
+            let step = script.bind(a.progress.current_step.as_deref());
+            let index = script.bind(a.progress.current_index);
+            let waiting = script.bind(a.progress.waiting_until_ms);
+            let id = script.bind(a.request_id.as_str());
+            script.push(&format!(
+                "UPDATE requests SET cursor = MAX(cursor, {seq}),
+                   lease_until = CASE WHEN lease_owner = {owner} THEN NULL ELSE lease_until END,
+                   lease_owner = CASE WHEN lease_owner = {owner} THEN NULL ELSE lease_owner END,
+                   current_step = CASE WHEN status = 'running' AND {seq} >= cursor THEN COALESCE({step}, current_step) ELSE current_step END,
+                   current_index = CASE WHEN status = 'running' AND {seq} >= cursor THEN COALESCE({index}, current_index) ELSE current_index END,
+                   waiting_until = CASE WHEN status != 'running' THEN NULL WHEN {seq} >= cursor THEN {waiting} ELSE waiting_until END,
+                   updated_at = ?1
+                 WHERE request_id = {id}"
+            ));
+            Some(Planned::Answer(Answer::Done))
+        }
+        Write::Finish(f) => {
+            let status = script.bind(f.finish.status.as_str());
+            let event = script.bind(f.finish.final_event.as_str());
+            let step = script.bind(f.finish.step.as_deref());
+            let index = script.bind(f.finish.index);
+            let id = script.bind(f.request_id.as_str());
+            script.push(&format!(
+                "UPDATE requests SET status = {status}, final_event = {event}, current_step = {step},
+                 current_index = {index}, waiting_until = NULL, updated_at = ?1 WHERE request_id = {id}"
+            ));
+            Some(Planned::Answer(Answer::Done))
+        }
+        Write::Renew(r) => {
+            let until = script.bind(now_ms() + r.lease_ms);
+            let id = script.bind(r.request_id.as_str());
+            let owner = script.bind(r.owner.as_str());
+            script.push(&format!(
+                "UPDATE requests SET lease_until = {until} WHERE request_id = {id} AND lease_owner = {owner}
+                 RETURNING request_id AS renewed_id, lease_owner"
+            ));
+            Some(Planned::Renew)
+        }
+        Write::Abandon(a) => {
+            let id = script.bind(a.request_id.as_str());
+            let owner = script.bind(a.owner.as_str());
+            script.push(&format!(
+                "UPDATE requests SET lease_until = 0 WHERE request_id = {id} AND lease_owner = {owner}"
+            ));
+            Some(Planned::Answer(Answer::Done))
+        }
+        Write::Record(_) => Some(Planned::Answer(Answer::Done)),
+        Write::Accept(_) | Write::Claim(_) => None,
+    }
+}
+
+/// The answer to one write, from what was planned and what the script did.
+fn answer(
+    w: &Write,
+    planned: Option<Planned>,
+    records: &HashMap<String, Result<RequestRecord, String>>,
+    renewed: &HashSet<(String, String)>,
+) -> Result<Answer, LedgerError> {
+    let request_id = match w {
+        Write::Accept(r) => r.request_id.as_str(),
+        Write::Claim(c) => c.request_id.as_str(),
+        Write::Renew(r) => r.request_id.as_str(),
+        _ => "",
+    };
+    match planned {
+        Some(Planned::Answer(answer)) => Ok(answer),
+        Some(Planned::Renew) => {
+            let owner = match w {
+                Write::Renew(r) => r.owner.as_str(),
+                _ => "",
+            };
+            Ok(Answer::Renewed(
+                renewed.contains(&(request_id.to_string(), owner.to_string())),
+            ))
+        }
+        Some(Planned::Record(then)) => {
+            let record = match records.get(request_id) {
+                Some(Ok(record)) => Box::new(record.clone()),
+                Some(Err(message)) => {
+                    return Err(LedgerError::Corrupt {
+                        request_id: request_id.to_string(),
+                        message: message.clone(),
+                    })
+                }
+                None => return Err(sqlx::Error::RowNotFound.into()),
+            };
+            Ok(match then {
+                Then::Existing => Answer::Accepted(Accept::Existing(record)),
+                Then::Granted { interrupted } => Answer::Claimed(Claim::Granted {
+                    record,
+                    interrupted,
+                }),
+            })
+        }
+        None => Err(LedgerError::Batch {
+            message: "a write the batch did not plan".into(),
+            outage: false,
+        }),
+    }
 }

@@ -6,9 +6,9 @@
 //! create whose successor is already published must not be forgotten (it
 //! would be made again). The bench measures what it costs.
 //!
-//! Claims and step records go through the batch writer ([`batch`]), one
-//! `BEGIN IMMEDIATE` transaction per batch; every other write is a single
-//! statement. Never a deferred transaction that reads and then writes: its
+//! Every write of a step's path (accept, claim, record, advance, finish,
+//! renew, abandon) goes through group commit ([`batch`]), one `BEGIN
+//! IMMEDIATE` transaction per batch; a redrive is a single statement. Never a deferred transaction that reads and then writes: its
 //! upgrade to the write lock fails at once with "database is locked" when
 //! several processes share the file. Schema changes ([`schema`]) run in a
 //! `BEGIN IMMEDIATE` transaction too. Lease times are this host's clock.
@@ -27,7 +27,10 @@ use serde_json::{Map, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use self::batch::{BatchWriter, ClaimOp, RecordOp};
+use self::batch::SqliteWriter;
+use super::group_commit::{
+    AbandonOp, AdvanceOp, ClaimOp, FinishOp, GroupCommit, RecordOp, RenewOp, Write,
+};
 use super::rows::{object_text, RequestRow, REQUEST_COLUMNS};
 use super::{
     now_ms, Accept, Claim, Finish, Ledger, LedgerError, NewRequest, Progress, RequestRecord,
@@ -44,8 +47,8 @@ pub struct SqliteLedger {
     /// writers queued here wait without the busy handler's sleeps. Other
     /// processes on the same file still wait through `busy_timeout`.
     write: Arc<tokio::sync::Mutex<()>>,
-    /// Claims and step records, the two writes of every step (group commit).
-    batch: BatchWriter,
+    /// Every write but a redrive (group commit).
+    batch: GroupCommit,
     /// `host:<name>:pidns:<inode>:pid:<pid>:<start time>`: the process,
     /// findable in `/proc` from the same host and pid namespace.
     worker_id: String,
@@ -98,7 +101,13 @@ impl SqliteLedger {
         tx.commit().await?;
         let write = Arc::new(tokio::sync::Mutex::new(()));
         Ok(SqliteLedger {
-            batch: BatchWriter::start(pool.clone(), write.clone()),
+            batch: GroupCommit::start(
+                SqliteWriter {
+                    pool: pool.clone(),
+                    write: write.clone(),
+                },
+                1,
+            ),
             pool,
             write,
             worker_id: liveness::this_worker_id(),
@@ -106,39 +115,10 @@ impl SqliteLedger {
     }
 }
 
-// Every write below but `claim` and `record_step` is a single statement (its
-// own transaction): one round trip to SQLite's thread, the write lock held
-// for one statement only.
 #[async_trait]
 impl Ledger for SqliteLedger {
     async fn accept(&self, request: &NewRequest) -> Result<Accept, LedgerError> {
-        let now = now_ms();
-        let inserted = {
-            let _writer = self.write.lock().await;
-            sqlx::query(
-                "INSERT INTO requests (request_id, provider, operation, body, status, cursor, accepted_at, updated_at)
-                 VALUES (?, ?, ?, ?, 'running', 0, ?, ?) ON CONFLICT (request_id) DO NOTHING",
-            )
-            .bind(&request.request_id)
-            .bind(request.provider.as_str())
-            .bind(request.operation.as_str())
-            .bind(&request.body)
-            .bind(now)
-            .bind(now)
-            .execute(&self.pool)
-            .await?
-            .rows_affected()
-        };
-        if inserted == 1 {
-            return Ok(Accept::New {
-                accepted_at_ms: now,
-            });
-        }
-        let record = self
-            .get(&request.request_id)
-            .await?
-            .ok_or(sqlx::Error::RowNotFound)?;
-        Ok(Accept::Existing(Box::new(record)))
+        self.batch.accept(request.clone()).await
     }
 
     async fn claim(
@@ -169,31 +149,23 @@ impl Ledger for SqliteLedger {
         progress: &Progress,
     ) -> Result<(), LedgerError> {
         self.batch
-            .record(RecordOp {
+            .done(Write::Record(RecordOp {
                 request_id: request_id.to_string(),
                 step_key: step_key.to_string(),
                 outputs: object_text(outputs),
                 secrets: object_text(secrets),
                 progress: progress.clone(),
-            })
+            }))
             .await
     }
 
     async fn finish(&self, request_id: &str, finish: &Finish) -> Result<(), LedgerError> {
-        let _writer = self.write.lock().await;
-        sqlx::query(
-            "UPDATE requests SET status = ?, final_event = ?, current_step = ?, current_index = ?,
-             waiting_until = NULL, updated_at = ? WHERE request_id = ?",
-        )
-        .bind(finish.status.as_str())
-        .bind(&finish.final_event)
-        .bind(&finish.step)
-        .bind(finish.index)
-        .bind(now_ms())
-        .bind(request_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.batch
+            .done(Write::Finish(FinishOp {
+                request_id: request_id.to_string(),
+                finish: finish.clone(),
+            }))
+            .await
     }
 
     async fn advance(
@@ -203,27 +175,14 @@ impl Ledger for SqliteLedger {
         next_seq: i64,
         progress: &Progress,
     ) -> Result<(), LedgerError> {
-        let _writer = self.write.lock().await;
-        sqlx::query(
-            "UPDATE requests SET cursor = MAX(cursor, ?1),
-               lease_until = CASE WHEN lease_owner = ?2 THEN NULL ELSE lease_until END,
-               lease_owner = CASE WHEN lease_owner = ?2 THEN NULL ELSE lease_owner END,
-               current_step = CASE WHEN status = 'running' AND ?1 >= cursor THEN COALESCE(?3, current_step) ELSE current_step END,
-               current_index = CASE WHEN status = 'running' AND ?1 >= cursor THEN COALESCE(?4, current_index) ELSE current_index END,
-               waiting_until = CASE WHEN status != 'running' THEN NULL WHEN ?1 >= cursor THEN ?5 ELSE waiting_until END,
-               updated_at = ?6
-             WHERE request_id = ?7",
-        )
-        .bind(next_seq)
-        .bind(owner)
-        .bind(&progress.current_step)
-        .bind(progress.current_index)
-        .bind(progress.waiting_until_ms)
-        .bind(now_ms())
-        .bind(request_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.batch
+            .done(Write::Advance(AdvanceOp {
+                request_id: request_id.to_string(),
+                owner: owner.to_string(),
+                next_seq,
+                progress: progress.clone(),
+            }))
+            .await
     }
 
     async fn renew(
@@ -232,29 +191,22 @@ impl Ledger for SqliteLedger {
         owner: &str,
         lease: Duration,
     ) -> Result<bool, LedgerError> {
-        let _writer = self.write.lock().await;
-        let changed = sqlx::query(
-            "UPDATE requests SET lease_until = ?1 WHERE request_id = ?2 AND lease_owner = ?3",
-        )
-        .bind(now_ms() + lease.as_millis() as i64)
-        .bind(request_id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(changed == 1)
+        self.batch
+            .renew(RenewOp {
+                request_id: request_id.to_string(),
+                owner: owner.to_string(),
+                lease_ms: lease.as_millis() as i64,
+            })
+            .await
     }
 
     async fn abandon(&self, request_id: &str, owner: &str) -> Result<(), LedgerError> {
-        let _writer = self.write.lock().await;
-        sqlx::query(
-            "UPDATE requests SET lease_until = 0 WHERE request_id = ?1 AND lease_owner = ?2",
-        )
-        .bind(request_id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.batch
+            .done(Write::Abandon(AbandonOp {
+                request_id: request_id.to_string(),
+                owner: owner.to_string(),
+            }))
+            .await
     }
 
     async fn ping(&self) -> Result<(), LedgerError> {

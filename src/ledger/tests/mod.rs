@@ -198,6 +198,7 @@ ledger_tests! {
     both: [
         a_request_is_new_once_then_existing,
         the_request_is_kept_byte_for_byte,
+        writes_of_every_kind_made_at_once_each_get_their_own_answer,
         an_unknown_request_is_unknown_everywhere,
         an_older_step_message_is_stale_once_the_cursor_moved_on,
         claiming_a_newer_message_makes_older_copies_stale,

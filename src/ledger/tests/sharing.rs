@@ -171,3 +171,94 @@ pub(super) async fn a_postgresql_url_names_the_same_ledger(s: Store) {
     let other = open(&url).await.unwrap();
     assert!(other.get("r1").await.unwrap().is_some());
 }
+
+/// Writes of every kind made at the same moment (so batched together where
+/// the backend groups its commits) each get the answer they would get alone.
+pub(super) async fn writes_of_every_kind_made_at_once_each_get_their_own_answer(s: Store) {
+    let l = s.open().await;
+    let lease = Duration::from_secs(30);
+    for id in [
+        "claimed",
+        "advanced",
+        "finished",
+        "renewed",
+        "abandoned",
+        "stale",
+    ] {
+        l.accept(&req(id)).await.unwrap();
+    }
+    for (id, owner) in [
+        ("advanced", "w/a"),
+        ("renewed", "w/r"),
+        ("abandoned", "w/x"),
+    ] {
+        assert!(matches!(
+            l.claim(id, 1, 0, owner, lease).await.unwrap(),
+            Claim::Granted { .. }
+        ));
+    }
+    l.claim("stale", 5, 0, "w/s", lease).await.unwrap();
+    let finish = Finish {
+        status: Status::Completed,
+        final_event: "{}".into(),
+        step: None,
+        index: None,
+    };
+    let progress = Progress::default();
+    let outputs = map(&[("k", "v".into())]);
+    let (fresh_request, claimed_request, none) = (req("fresh"), req("claimed"), Map::new());
+    let (fresh, again, claimed, stale, recorded, advanced, finished, renewed, not_ours, abandoned) = tokio::join!(
+        l.accept(&fresh_request),
+        l.accept(&claimed_request),
+        l.claim("claimed", 1, 0, "w/c", lease),
+        l.claim("stale", 2, 0, "w/t", lease),
+        l.record_step("claimed", "create_tenant", &outputs, &none, &progress),
+        l.advance("advanced", "w/a", 2, &progress),
+        l.finish("finished", &finish),
+        l.renew("renewed", "w/r", lease),
+        l.renew("renewed", "w/other", lease),
+        l.abandon("abandoned", "w/x"),
+    );
+    assert!(matches!(fresh.unwrap(), Accept::New { .. }));
+    assert!(matches!(again.unwrap(), Accept::Existing(r) if r.request_id == "claimed"));
+    match claimed.unwrap() {
+        Claim::Granted {
+            record,
+            interrupted,
+        } => {
+            assert!(!interrupted);
+            assert_eq!(record.request_id, "claimed");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(stale.unwrap(), Claim::Stale));
+    recorded.unwrap();
+    advanced.unwrap();
+    finished.unwrap();
+    assert!(renewed.unwrap());
+    assert!(!not_ours.unwrap());
+    abandoned.unwrap();
+    let get = |id: &'static str| {
+        let l = l.clone();
+        async move { l.get(id).await.unwrap().unwrap() }
+    };
+    assert_eq!(get("claimed").await.done_steps, vec!["create_tenant"]);
+    assert_eq!(get("advanced").await.cursor, 2);
+    assert_eq!(get("finished").await.status, Status::Completed);
+    // The abandoned lease ran out: the next claim takes it over, interrupted.
+    assert!(matches!(
+        l.claim("abandoned", 1, 0, "w/y", lease).await.unwrap(),
+        Claim::Granted {
+            interrupted: true,
+            ..
+        }
+    ));
+    // The advanced lease was released: free for a copy, not interrupted.
+    assert!(matches!(
+        l.claim("advanced", 2, 0, "w/b", lease).await.unwrap(),
+        Claim::Granted {
+            interrupted: false,
+            ..
+        }
+    ));
+}
