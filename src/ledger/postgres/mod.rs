@@ -1,11 +1,13 @@
 //! PostgreSQL ledger: one database shared by workers on many hosts.
 //!
-//! Every change to a request runs under that request's row lock: `claim` and
-//! `record_step` take it with `SELECT ... FOR UPDATE` inside a transaction
-//! (a claim is then decided by `ledger::lease`),
-//! `advance`, `finish` and `redrive` are single `UPDATE`s (which take the same
-//! lock and, under READ COMMITTED, re-evaluate their expressions against the
-//! newest version of the row). So two workers claiming one step message are
+//! Every change to a request runs under that request's row lock. The writes
+//! of a step's path go through group commit ([`batch`]): a batch takes the
+//! locks of all its requests with one `SELECT ... FOR UPDATE` (in
+//! `request_id` order), decides its claims by `ledger::lease`, and writes
+//! each kind of write with one statement where it can; several batches run
+//! at once. A redrive is a single `UPDATE` (which takes the same lock and,
+//! under READ COMMITTED, re-evaluates its expressions against the newest
+//! version of the row). So two workers claiming one step message are
 //! serialised per request, and only one of them is granted the lease.
 //!
 //! The tables live in the first schema of the connection's `search_path`
@@ -13,8 +15,10 @@
 //! `postgres://u:p@host/db?options[search_path]=ledger`), set up by
 //! [`schema`].
 
+mod batch;
 mod schema;
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -23,8 +27,10 @@ use serde_json::{Map, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor, PgConnection, PgPool, Row};
 
-use super::lease::{self, Claimant, Decision, LeaseState};
-use super::rows::{object_text, RequestRow, RECORD_PROGRESS, REQUEST_COLUMNS};
+use super::group_commit::{
+    AbandonOp, AdvanceOp, ClaimOp, FinishOp, GroupCommit, RecordOp, RenewOp, Write,
+};
+use super::rows::{object_text, RequestRow, REQUEST_COLUMNS};
 use super::{
     now_ms, Accept, Claim, Finish, Ledger, LedgerError, NewRequest, Progress, RequestRecord,
 };
@@ -40,6 +46,8 @@ pub struct PostgresLedger {
     worker_id: String,
     /// Keeps that connection (and the lock) up; stopped with the ledger.
     liveness: tokio::task::JoinHandle<()>,
+    /// Every write but a redrive (group commit).
+    batch: GroupCommit,
 }
 
 /// First key of the advisory locks that say a worker is alive ("ONBW").
@@ -113,11 +121,29 @@ impl PostgresLedger {
         let conn = take_liveness_lock(&options, key).await?;
         let liveness = tokio::spawn(hold_liveness_lock(options, key, Some(conn)));
         Ok(PostgresLedger {
+            batch: GroupCommit::start(batch::PgWriter { pool: pool.clone() }, batch::WRITERS),
             pool,
             worker_id: format!("pg:{key}"),
             liveness,
         })
     }
+}
+
+/// The records of `ids` (each unreadable one as its error).
+async fn fetch_records(
+    conn: &mut PgConnection,
+    ids: &[&str],
+) -> Result<HashMap<String, Result<RequestRecord, LedgerError>>, LedgerError> {
+    let rows: Vec<RequestRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {REQUEST_COLUMNS}, {STEPS} FROM requests WHERE request_id = ANY($1)"
+    )))
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.request_id.clone(), RequestRecord::try_from(row)))
+        .collect())
 }
 
 async fn fetch_record(
@@ -134,14 +160,6 @@ async fn fetch_record(
     .transpose()
 }
 
-/// A request's lease, with the database's clock when it was read.
-#[derive(sqlx::FromRow)]
-struct LeaseNow {
-    #[sqlx(flatten)]
-    lease: LeaseState,
-    now: i64,
-}
-
 /// The database's clock in ms since the epoch (at the moment of evaluation,
 /// not the transaction's start).
 const DB_NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
@@ -149,32 +167,7 @@ const DB_NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT"
 #[async_trait]
 impl Ledger for PostgresLedger {
     async fn accept(&self, request: &NewRequest) -> Result<Accept, LedgerError> {
-        let now = now_ms();
-        let mut conn = self.pool.acquire().await?;
-        // A concurrent insert of the same id makes this wait for its
-        // transaction; then it inserts (that one rolled back) or does nothing.
-        let inserted = sqlx::query(
-            "INSERT INTO requests (request_id, provider, operation, body, status, cursor, accepted_at, updated_at)
-             VALUES ($1, $2, $3, $4, 'running', 0, $5, $5) ON CONFLICT (request_id) DO NOTHING",
-        )
-        .bind(&request.request_id)
-        .bind(request.provider.as_str())
-        .bind(request.operation.as_str())
-        .bind(&request.body)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if inserted == 1 {
-            return Ok(Accept::New {
-                accepted_at_ms: now,
-            });
-        }
-        // A new statement, a new snapshot: the conflicting row is committed.
-        match fetch_record(&mut conn, &request.request_id).await? {
-            Some(record) => Ok(Accept::Existing(Box::new(record))),
-            None => Err(sqlx::Error::RowNotFound.into()),
-        }
+        self.batch.accept(request.clone()).await
     }
 
     async fn claim(
@@ -185,63 +178,15 @@ impl Ledger for PostgresLedger {
         owner: &str,
         lease: Duration,
     ) -> Result<Claim, LedgerError> {
-        let mut tx = self.pool.begin().await?;
-        // Lease times are the database's clock, read once the row lock is
-        // granted: hosts' clocks differ, and a lock wait must not eat the lease.
-        let Some((state, now)) = sqlx::query_as::<_, LeaseNow>(sqlx::AssertSqlSafe(format!(
-            "SELECT cursor, lease_owner, lease_until, lease_seq, lease_step, {DB_NOW_MS} AS now
-             FROM requests WHERE request_id = $1 FOR UPDATE"
-        )))
-        .bind(request_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|row| (row.lease, row.now)) else {
-            tx.commit().await?;
-            return Ok(Claim::Unknown);
-        };
-        let claimant = Claimant {
-            seq,
-            step: i64::from(step),
-            owner,
-        };
-        let interrupted = match lease::decide(&state, &claimant, now) {
-            Decision::Stale => {
-                tx.commit().await?;
-                return Ok(Claim::Stale);
-            }
-            Decision::Busy { until_ms, holder } => {
-                tx.commit().await?;
-                return Ok(Claim::Busy { until_ms, holder });
-            }
-            Decision::Granted { interrupted } => interrupted,
-        };
-        let mut taken = state;
-        taken.take(&claimant, now + lease.as_millis() as i64);
-        // A claim also ends any wait.
-        sqlx::query(
-            "UPDATE requests SET lease_owner = $1, lease_until = $2, lease_seq = $3, lease_step = $4,
-             cursor = $5, waiting_until = NULL, updated_at = $6 WHERE request_id = $7",
-        )
-        .bind(&taken.lease_owner)
-        .bind(taken.lease_until)
-        .bind(taken.lease_seq)
-        .bind(taken.lease_step)
-        .bind(taken.cursor)
-        .bind(now_ms())
-        .bind(request_id)
-        .execute(&mut *tx)
-        .await?;
-        // Read after the lock was granted, in a statement of its own: the
-        // locking SELECT's snapshot predates any transaction it waited for, so
-        // steps that one recorded would be missing from it.
-        let record = fetch_record(&mut tx, request_id)
-            .await?
-            .ok_or(sqlx::Error::RowNotFound)?;
-        tx.commit().await?;
-        Ok(Claim::Granted {
-            record: Box::new(record),
-            interrupted,
-        })
+        self.batch
+            .claim(ClaimOp {
+                request_id: request_id.to_string(),
+                seq,
+                step: i64::from(step),
+                owner: owner.to_string(),
+                lease_ms: lease.as_millis() as i64,
+            })
+            .await
     }
 
     async fn record_step(
@@ -252,59 +197,24 @@ impl Ledger for PostgresLedger {
         secrets: &Map<String, Value>,
         progress: &Progress,
     ) -> Result<(), LedgerError> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        // The request's lock first (as every other writer takes it), then the
-        // step: steps are numbered (`recorded`) in the order of that lock.
-        let known = sqlx::query("SELECT 1 FROM requests WHERE request_id = $1 FOR UPDATE")
-            .bind(request_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-        if !known {
-            tx.commit().await?;
-            return Ok(());
-        }
-        sqlx::query(
-            "INSERT INTO steps (request_id, step_key, outputs, secrets, completed_at) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (request_id, step_key) DO NOTHING",
-        )
-        .bind(request_id)
-        .bind(step_key)
-        .bind(object_text(outputs))
-        .bind(object_text(secrets))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE requests SET {RECORD_PROGRESS}, updated_at = $1
-             FROM (VALUES ($2, $3, $4)) AS v(step, step_index, waiting) WHERE request_id = $5"
-        )))
-        .bind(now)
-        .bind(&progress.current_step)
-        .bind(progress.current_index)
-        .bind(progress.waiting_until_ms)
-        .bind(request_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        self.batch
+            .done(Write::Record(RecordOp {
+                request_id: request_id.to_string(),
+                step_key: step_key.to_string(),
+                outputs: object_text(outputs),
+                secrets: object_text(secrets),
+                progress: progress.clone(),
+            }))
+            .await
     }
 
     async fn finish(&self, request_id: &str, finish: &Finish) -> Result<(), LedgerError> {
-        sqlx::query(
-            "UPDATE requests SET status = $1, final_event = $2, current_step = $3, current_index = $4,
-             waiting_until = NULL, updated_at = $5 WHERE request_id = $6",
-        )
-        .bind(finish.status.as_str())
-        .bind(&finish.final_event)
-        .bind(&finish.step)
-        .bind(finish.index)
-        .bind(now_ms())
-        .bind(request_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.batch
+            .done(Write::Finish(FinishOp {
+                request_id: request_id.to_string(),
+                finish: finish.clone(),
+            }))
+            .await
     }
 
     async fn advance(
@@ -314,28 +224,14 @@ impl Ledger for PostgresLedger {
         next_seq: i64,
         progress: &Progress,
     ) -> Result<(), LedgerError> {
-        // One statement: it locks the row, and every expression reads the
-        // newest version of it.
-        sqlx::query(
-            "UPDATE requests SET cursor = GREATEST(cursor, $1),
-               lease_until = CASE WHEN lease_owner = $2 THEN NULL ELSE lease_until END,
-               lease_owner = CASE WHEN lease_owner = $2 THEN NULL ELSE lease_owner END,
-               current_step = CASE WHEN status = 'running' AND $1 >= cursor THEN COALESCE($3, current_step) ELSE current_step END,
-               current_index = CASE WHEN status = 'running' AND $1 >= cursor THEN COALESCE($4, current_index) ELSE current_index END,
-               waiting_until = CASE WHEN status <> 'running' THEN NULL WHEN $1 >= cursor THEN $5 ELSE waiting_until END,
-               updated_at = $6
-             WHERE request_id = $7",
-        )
-        .bind(next_seq)
-        .bind(owner)
-        .bind(&progress.current_step)
-        .bind(progress.current_index)
-        .bind(progress.waiting_until_ms)
-        .bind(now_ms())
-        .bind(request_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.batch
+            .done(Write::Advance(AdvanceOp {
+                request_id: request_id.to_string(),
+                owner: owner.to_string(),
+                next_seq,
+                progress: progress.clone(),
+            }))
+            .await
     }
 
     async fn renew(
@@ -344,27 +240,22 @@ impl Ledger for PostgresLedger {
         owner: &str,
         lease: Duration,
     ) -> Result<bool, LedgerError> {
-        let changed = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE requests SET lease_until = {DB_NOW_MS} + $1 WHERE request_id = $2 AND lease_owner = $3"
-        )))
-        .bind(lease.as_millis() as i64)
-        .bind(request_id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(changed == 1)
+        self.batch
+            .renew(RenewOp {
+                request_id: request_id.to_string(),
+                owner: owner.to_string(),
+                lease_ms: lease.as_millis() as i64,
+            })
+            .await
     }
 
     async fn abandon(&self, request_id: &str, owner: &str) -> Result<(), LedgerError> {
-        sqlx::query(
-            "UPDATE requests SET lease_until = 0 WHERE request_id = $1 AND lease_owner = $2",
-        )
-        .bind(request_id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.batch
+            .done(Write::Abandon(AbandonOp {
+                request_id: request_id.to_string(),
+                owner: owner.to_string(),
+            }))
+            .await
     }
 
     async fn ping(&self) -> Result<(), LedgerError> {
