@@ -122,8 +122,8 @@ impl StepRun<'_> {
         }
     }
 
-    /// The step is done: recorded, then its event and its successor (or the
-    /// request's end) published, in that order.
+    /// The step is done: recorded and its event published, then its
+    /// successor (or the request's end) published.
     async fn advance(
         self,
         plan: &[StepKey],
@@ -141,55 +141,22 @@ impl StepRun<'_> {
             },
             None => Progress::default(),
         };
-        // Idempotent: a step found recorded is recorded again with no
-        // change to its outputs, and the progress is noted. A step
-        // whose provider call made something is held here, outcome in
-        // hand, until the ledger takes it: handing the message back
-        // instead would make the create again. While the ledger is
-        // away nobody else can claim the request, and consumption is
-        // paused.
-        let mut pause = Duration::from_secs(1);
-        loop {
-            match self
-                .engine
-                .ledger
-                .record_step(
-                    &self.m.request_id,
-                    &step.ledger_key(),
-                    &outputs,
-                    &secrets,
-                    &progress,
-                )
-                .await
-            {
-                Ok(()) => break,
-                Err(e) if e.is_outage() => {
-                    warn!(
-                        step = step.name,
-                        retry_in_ms = pause.as_millis() as u64,
-                        "the ledger is away: holding the step's outcome until it can be recorded"
-                    );
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
         let mut all_outputs = self.record.outputs.clone();
-        all_outputs.extend(outputs);
-        let mut all_secrets = self.record.secrets.clone();
-        all_secrets.extend(secrets);
-        if self.lease_lost.load(Ordering::SeqCst) {
-            return Err(EngineError::LeaseLost);
-        }
+        all_outputs.extend(outputs.clone());
         let mut step_event = self.event(EventKind::StepCompleted);
         step_event.step = Some(step.name.into());
         step_event.step_index = step.index;
         step_event.outputs = all_outputs.clone();
-        if is_last {
+        // A run whose lease was taken over still records what it has (the
+        // copy that took it may then find the step done) but publishes nothing.
+        if is_last || self.lease_lost.load(Ordering::SeqCst) {
+            self.record(step, &outputs, &secrets, &progress).await?;
+            if self.lease_lost.load(Ordering::SeqCst) {
+                return Err(EngineError::LeaseLost);
+            }
             let mut record = self.record.clone();
             record.outputs = all_outputs;
-            record.secrets = all_secrets;
+            record.secrets.extend(secrets);
             let run = StepRun { record, ..self };
             return run
                 .complete(plan, return_credentials, Some(step_event))
@@ -209,10 +176,20 @@ impl StepRun<'_> {
             gone_holder: None,
             ..self.m.clone()
         };
-        // The event is confirmed before the successor exists: once
-        // the successor is out, this message is stale and would never
-        // publish a refused event again.
-        self.engine.publish_event(self.t, &step_event).await?;
+        // The record and the event both come before the successor exists
+        // (once it is out, this message is stale and would never record or
+        // publish a refused event again), and neither needs the other: they
+        // are written at once. A record that then fails leaves an event out
+        // for a step to be run again, so its `step_completed` comes twice.
+        let (recorded, announced) = tokio::join!(
+            self.record(step, &outputs, &secrets, &progress),
+            self.engine.publish_event(self.t, &step_event)
+        );
+        recorded?;
+        announced?;
+        if self.lease_lost.load(Ordering::SeqCst) {
+            return Err(EngineError::LeaseLost);
+        }
         self.t
             .publish_step(self.provider_id, next.to_bytes(), Duration::ZERO)
             .await?;
@@ -220,6 +197,48 @@ impl StepRun<'_> {
         // and takes the lease over (it exists, so it was confirmed).
         info!(step = step.name, index = ?step.index, "step completed");
         Ok(())
+    }
+
+    /// Records the finished step. Idempotent: a step found recorded is
+    /// recorded again with no change to its outputs, and the progress is
+    /// noted. A step whose provider call made something is held here,
+    /// outcome in hand, until the ledger takes it: handing the message back
+    /// instead would make the create again. While the ledger is away nobody
+    /// else can claim the request, and consumption is paused.
+    async fn record(
+        &self,
+        step: &StepKey,
+        outputs: &Map<String, Value>,
+        secrets: &Map<String, Value>,
+        progress: &Progress,
+    ) -> Result<(), EngineError> {
+        let mut pause = Duration::from_secs(1);
+        loop {
+            match self
+                .engine
+                .ledger
+                .record_step(
+                    &self.m.request_id,
+                    &step.ledger_key(),
+                    outputs,
+                    secrets,
+                    progress,
+                )
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_outage() => {
+                    warn!(
+                        step = step.name,
+                        retry_in_ms = pause.as_millis() as u64,
+                        "the ledger is away: holding the step's outcome until it can be recorded"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// The same step again after `delay`, through a delay queue; the chain
