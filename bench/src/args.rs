@@ -53,6 +53,9 @@ pub struct Args {
     /// Skip the waiting, scale-out and durability parts (for profiling the throughput).
     #[arg(long)]
     pub throughput_only: bool,
+    /// Run only the waiting part (the worker's RSS while many onboardings wait).
+    #[arg(long, conflicts_with = "throughput_only")]
+    pub waiting_only: bool,
     #[command(subcommand)]
     pub role: Option<Role>,
 }

@@ -6,6 +6,7 @@
 //! cargo run --release --bin bench -- --quick         # about a minute, for CI's smoke run
 //! cargo run --release --bin bench -- --json          # last line: one JSON object
 //! cargo run --release --bin bench -- --ledger sqlite # parts 2 and 3 on one ledger only
+//! cargo run --release --bin bench -- --waiting-only  # part 4 alone (the worker's RSS while many wait)
 //! ```
 //!
 //! Parts: (1) broker ceiling, and the broker's CPU per step there; (2) worker
@@ -65,6 +66,11 @@ fn main() -> anyhow::Result<()> {
 
 async fn bench(args: Args) -> anyhow::Result<()> {
     let sizes = Sizes::from_args(&args);
+    if args.waiting_only {
+        let waiting = parts::waiting::run(&args, &sizes).await?;
+        report::print_waiting(&waiting, args.json);
+        return Ok(());
+    }
     let ceiling = parts::ceiling::run(&args, &sizes).await?;
     let mut throughput = Vec::new();
     for ledger in args.ledger.kinds() {

@@ -63,25 +63,65 @@ impl Report {
             self.add(key, label, v, None);
         }
     }
-}
 
-impl Results {
-    /// Prints the table, then the JSON object if `json`.
-    pub fn print(&self, json: bool) {
-        let report = self.report();
+    fn print(self, json: bool) {
         println!(
             "{:<52} {:>12} {:>16} {:>5}",
             "FIGURE", "VALUE", "TARGET", "MET"
         );
-        for r in &report.rows {
+        for r in &self.rows {
             println!(
                 "{:<52} {:>12} {:>16} {:>5}",
                 r.label, r.value, r.target, r.met
             );
         }
         if json {
-            println!("{}", Value::Object(report.figures));
+            println!("{}", Value::Object(self.figures));
         }
+    }
+
+    /// The waiting part's figures.
+    fn add_waiting(&mut self, w: &WaitingPart) {
+        let rss = w.rss_after_mb - w.rss_before_mb;
+        let tasks = w.tasks_after - w.tasks_before;
+        self.add(
+            "waiting_onboardings",
+            "onboardings waiting on jobs",
+            w.waiting as f64,
+            None,
+        );
+        self.add(
+            "waiting_in_delay_queues",
+            "messages in delay queues then",
+            w.in_delay_queues as f64,
+            None,
+        );
+        self.add(
+            "waiting_rss_delta_mb",
+            "RSS growth while they wait (MB)",
+            rss,
+            Some(("< 20", rss < 20.0)),
+        );
+        self.add(
+            "waiting_tasks_delta",
+            "alive tasks growth while they wait",
+            tasks as f64,
+            Some(("flat (≤ 5)", tasks <= 5)),
+        );
+    }
+}
+
+/// `--waiting-only`: the waiting part's figures alone.
+pub fn print_waiting(w: &WaitingPart, json: bool) {
+    let mut r = Report::default();
+    r.add_waiting(w);
+    r.print(json);
+}
+
+impl Results {
+    /// Prints the table, then the JSON object if `json`.
+    pub fn print(&self, json: bool) {
+        self.report().print(json);
     }
 
     fn report(&self) -> Report {
@@ -115,32 +155,7 @@ impl Results {
             self.add_throughput(&mut r, t, budget);
         }
         if let Some(w) = &self.waiting {
-            let rss = w.rss_after_mb - w.rss_before_mb;
-            let tasks = w.tasks_after - w.tasks_before;
-            r.add(
-                "waiting_onboardings",
-                "onboardings waiting on jobs",
-                w.waiting as f64,
-                None,
-            );
-            r.add(
-                "waiting_in_delay_queues",
-                "messages in delay queues then",
-                w.in_delay_queues as f64,
-                None,
-            );
-            r.add(
-                "waiting_rss_delta_mb",
-                "RSS growth while they wait (MB)",
-                rss,
-                Some(("< 20", rss < 20.0)),
-            );
-            r.add(
-                "waiting_tasks_delta",
-                "alive tasks growth while they wait",
-                tasks as f64,
-                Some(("flat (≤ 5)", tasks <= 5)),
-            );
+            r.add_waiting(w);
         }
         if let Some(s) = &self.scaleout {
             let ratio = s.two / s.one;

@@ -101,13 +101,7 @@ impl SqliteLedger {
         tx.commit().await?;
         let write = Arc::new(tokio::sync::Mutex::new(()));
         Ok(SqliteLedger {
-            batch: GroupCommit::start(
-                SqliteWriter {
-                    pool: pool.clone(),
-                    write: write.clone(),
-                },
-                1,
-            ),
+            batch: GroupCommit::start(SqliteWriter::new(pool.clone(), write.clone()), 1),
             pool,
             write,
             worker_id: liveness::this_worker_id(),
