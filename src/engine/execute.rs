@@ -122,8 +122,8 @@ impl StepRun<'_> {
         }
     }
 
-    /// The step is done: recorded and its event published, then its
-    /// successor (or the request's end) published.
+    /// The step is done: recorded, then its event and its successor (or the
+    /// request's end) published, in that order.
     async fn advance(
         self,
         plan: &[StepKey],
@@ -147,13 +147,16 @@ impl StepRun<'_> {
         step_event.step = Some(step.name.into());
         step_event.step_index = step.index;
         step_event.outputs = all_outputs.clone();
-        // A run whose lease was taken over still records what it has (the
-        // copy that took it may then find the step done) but publishes nothing.
-        if is_last || self.lease_lost.load(Ordering::SeqCst) {
-            self.record(step, &outputs, &secrets, &progress).await?;
-            if self.lease_lost.load(Ordering::SeqCst) {
-                return Err(EngineError::LeaseLost);
-            }
+        // Recorded first: an event must never announce outputs the ledger
+        // does not keep (a crash or a failed record would run the step
+        // again, perhaps with other outputs). A run whose lease was taken
+        // over still records what it has (the copy that took it may then
+        // find the step done) but publishes nothing.
+        self.record(step, &outputs, &secrets, &progress).await?;
+        if self.lease_lost.load(Ordering::SeqCst) {
+            return Err(EngineError::LeaseLost);
+        }
+        if is_last {
             let mut record = self.record.clone();
             record.outputs = all_outputs;
             record.secrets.extend(secrets);
@@ -176,20 +179,10 @@ impl StepRun<'_> {
             gone_holder: None,
             ..self.m.clone()
         };
-        // The record and the event both come before the successor exists
-        // (once it is out, this message is stale and would never record or
-        // publish a refused event again), and neither needs the other: they
-        // are written at once. A record that then fails leaves an event out
-        // for a step to be run again, so its `step_completed` comes twice.
-        let (recorded, announced) = tokio::join!(
-            self.record(step, &outputs, &secrets, &progress),
-            self.engine.publish_event(self.t, &step_event)
-        );
-        recorded?;
-        announced?;
-        if self.lease_lost.load(Ordering::SeqCst) {
-            return Err(EngineError::LeaseLost);
-        }
+        // The event is confirmed before the successor exists: once the
+        // successor is out, this message is stale and would never publish a
+        // refused event again.
+        self.engine.publish_event(self.t, &step_event).await?;
         self.t
             .publish_step(self.provider_id, next.to_bytes(), Duration::ZERO)
             .await?;
