@@ -8,7 +8,10 @@
 //! batch its own way ([`WriteBatch`]). Writes in one batch are concurrent:
 //! every caller waits for its answer before it writes again, so no write in
 //! a batch depends on another's outcome, and a backend may write them in
-//! any order (both write them kind by kind, see [`Write`]).
+//! any order (both write accepts, records and claims kind by kind, see
+//! [`Write`], then the rest in arrival order). A batch that fails for
+//! another reason than an outage is written again one write at a time, so
+//! one bad write fails only itself.
 
 use std::sync::Arc;
 
@@ -67,9 +70,10 @@ pub(super) struct AbandonOp {
     pub owner: String,
 }
 
-/// One write of a batch. The order of the variants is the order in which
-/// both backends write a batch's kinds: a request accepted in a batch can
-/// be claimed in it, a step recorded in it is in the record its claim reads.
+/// One write of a batch. Both backends write a batch's accepts, then its
+/// records, then its claims (a request accepted in a batch can be claimed
+/// in it, a step recorded in it is in the record its claim reads), then the
+/// rest in arrival order.
 pub(super) enum Write {
     Accept(NewRequest),
     Record(RecordOp),
@@ -194,23 +198,95 @@ async fn run(backend: Arc<impl WriteBatch>, rx: Arc<Mutex<Queue>>) {
             }
             batch.into_iter().unzip()
         };
-        match backend.write_batch(&writes).await {
-            Ok(answers) => {
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(answer);
-                }
+        write_all(&*backend, &writes, replies).await;
+    }
+}
+
+/// Writes `writes` as one batch and answers each caller; when the batch
+/// fails because of what one write carries or reads, each write again on
+/// its own, so that one bad write (or one unreadable row, or one locked
+/// row) fails only itself, not every write batched with it. A panic in the
+/// backend fails the batch it was writing, not the writer.
+async fn write_all(backend: &impl WriteBatch, writes: &[Write], replies: Vec<Reply>) {
+    let failure = match guarded(backend, writes).await {
+        Ok(answers) => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(answer);
             }
-            Err(e) => {
-                // Shared by every caller, so as text; whether it was an
-                // outage is kept, for the callers that wait one out.
-                let (message, outage) = (e.to_string(), e.is_outage());
-                for reply in replies {
-                    let _ = reply.send(Err(LedgerError::Batch {
-                        message: message.clone(),
-                        outage,
-                    }));
-                }
-            }
+            return;
         }
+        Err(e) => e,
+    };
+    if writes.len() == 1 || !may_be_one_writes(&failure) {
+        for reply in replies {
+            let _ = reply.send(Err(shared(&failure)));
+        }
+        return;
+    }
+    // At once, each answered as soon as it is written, so that a write
+    // left waiting (a locked row) holds up no other; a backend with one
+    // write lock takes them in turn.
+    let failure = &failure;
+    futures::future::join_all(writes.iter().zip(replies).map(|(write, reply)| async move {
+        let answer = match guarded(backend, std::slice::from_ref(write)).await {
+            Ok(mut one) => one.pop().unwrap_or_else(|| Err(shared(failure))),
+            Err(e) => Err(shared(&e)),
+        };
+        let _ = reply.send(answer);
+    }))
+    .await;
+}
+
+/// Whether a batch's failure may be one write's fault (its data, a row it
+/// reads, or a row another transaction keeps locked: PostgreSQL's
+/// `lock_timeout`), so that writing the others again can succeed. Not an
+/// outage, SQLite's busy file or a full disk: those fail every write alike,
+/// and writing them one at a time would only wait as long again for each.
+fn may_be_one_writes(e: &LedgerError) -> bool {
+    use sqlx::error::ErrorKind;
+    match e {
+        LedgerError::Corrupt { .. } => true,
+        LedgerError::Database(sqlx::Error::Database(db)) => {
+            !matches!(db.kind(), ErrorKind::Other)
+                || db.code().as_deref() == Some(LOCK_NOT_AVAILABLE)
+        }
+        LedgerError::Database(
+            sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::Encode(_)
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::RowNotFound,
+        ) => true,
+        // A panic while writing it.
+        LedgerError::Batch { outage: false, .. } => true,
+        _ => false,
+    }
+}
+
+/// PostgreSQL's SQLSTATE for a lock wait past `lock_timeout`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+async fn guarded(
+    backend: &impl WriteBatch,
+    writes: &[Write],
+) -> Result<Vec<Result<Answer, LedgerError>>, LedgerError> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(backend.write_batch(writes))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            Err(LedgerError::Batch {
+                message: "the ledger's writer panicked writing this batch".into(),
+                outage: false,
+            })
+        })
+}
+
+/// A batch's error, for each of its callers: as text, since it is shared;
+/// whether it was an outage is kept, for the callers that wait one out.
+fn shared(e: &LedgerError) -> LedgerError {
+    LedgerError::Batch {
+        message: e.to_string(),
+        outage: e.is_outage(),
     }
 }

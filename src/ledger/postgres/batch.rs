@@ -4,8 +4,8 @@
 //! its kind (arrays bound with `UNNEST`, not a statement per write):
 //!
 //! 1. the row locks of every request the batch touches, in `request_id`
-//!    order (so two batches never wait for each other in a cycle), with the
-//!    database's clock once they are granted;
+//!    order (so two batches never wait for each other in a cycle), waiting
+//!    at most [`LOCK_TIMEOUT`] for them, then the database's clock;
 //! 2. the accepted requests inserted (in `request_id` order too: an insert
 //!    waits for another batch's uncommitted insert of the same id);
 //! 3. the claims decided in Rust, in order ([`lease::decide`], against the
@@ -33,6 +33,9 @@ use crate::ledger::{now_ms, Accept, Claim, LedgerError, RequestRecord};
 /// Batches written at once, each on a connection of the pool (which has 8).
 pub(super) const WRITERS: usize = 4;
 
+/// The longest a batch waits for a row lock.
+const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(super) struct PgWriter {
     pub pool: PgPool,
 }
@@ -44,19 +47,28 @@ impl WriteBatch for PgWriter {
         writes: &[Write],
     ) -> Result<Vec<Result<Answer, LedgerError>>, LedgerError> {
         let mut tx = self.pool.begin().await?;
+        // A row another transaction keeps locked (its client hung) fails
+        // the batch after this long instead of holding every write of it;
+        // group commit then writes them one by one, and only the locked
+        // request's write waits again.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            LOCK_TIMEOUT.as_millis()
+        )))
+        .execute(&mut *tx)
+        .await?;
         let answers = write(&mut tx, writes).await?;
         tx.commit().await?;
         Ok(answers)
     }
 }
 
-/// A request's id with its lease, and the database's clock.
+/// A request's id with its lease.
 #[derive(sqlx::FromRow)]
 struct Locked {
     request_id: String,
     #[sqlx(flatten)]
     lease: LeaseState,
-    now: i64,
 }
 
 /// What a write's answer waits for after the statements.
@@ -91,16 +103,13 @@ async fn write(
     let mut ids: Vec<&str> = writes.iter().map(request_of).collect();
     ids.sort_unstable();
     ids.dedup();
-    let locked: Vec<Locked> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT request_id, cursor, lease_owner, lease_until, lease_seq, lease_step, {DB_NOW_MS} AS now
-         FROM requests WHERE request_id = ANY($1) ORDER BY request_id FOR UPDATE"
-    )))
+    let locked: Vec<Locked> = sqlx::query_as(
+        "SELECT request_id, cursor, lease_owner, lease_until, lease_seq, lease_step
+         FROM requests WHERE request_id = ANY($1) ORDER BY request_id FOR UPDATE",
+    )
     .bind(&ids)
     .fetch_all(&mut **tx)
     .await?;
-    // The latest of the clocks read as the locks were granted: a lock wait
-    // must not eat a lease.
-    let mut now = locked.iter().map(|l| l.now).max();
     let mut leases: HashMap<String, LeaseState> = locked
         .into_iter()
         .map(|l| (l.request_id, l.lease))
@@ -158,15 +167,16 @@ async fn write(
             );
         }
     }
-    // 3. The claims.
-    if now.is_none() && writes.iter().any(|w| matches!(w, Write::Claim(_))) {
-        now = Some(
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {DB_NOW_MS}")))
-                .fetch_one(&mut **tx)
-                .await?,
-        );
-    }
-    let now = now.unwrap_or(written_at);
+    // 3. The claims, against the database's clock read once every lock is
+    // granted (in a statement of its own: a locking SELECT may evaluate its
+    // columns before it waits), so that a lock wait does not eat a lease.
+    let now = if writes.iter().any(|w| matches!(w, Write::Claim(_))) {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {DB_NOW_MS}")))
+            .fetch_one(&mut **tx)
+            .await?
+    } else {
+        written_at
+    };
     let mut taken: Vec<&str> = Vec::new();
     for (i, w) in writes.iter().enumerate() {
         if let Write::Claim(c) = w {

@@ -11,7 +11,8 @@
 //! 2. every write, kind by kind in [`Write`]'s order, the records the
 //!    granted claims and repeated accepts read back, and `COMMIT`.
 //!
-//! On any error the transaction is rolled back, whole.
+//! On any error nothing of the batch is committed: the connection, with
+//! whatever transaction it was in, is closed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -59,20 +60,37 @@ impl WriteBatch for SqliteWriter {
     ) -> Result<Vec<Result<Answer, LedgerError>>, LedgerError> {
         let _writer = self.write.lock().await;
         let mut kept = self.conn.lock().await;
-        let mut conn = match kept.take() {
+        let conn = match kept.take() {
             Some(conn) => conn,
             None => self.pool.acquire().await?,
         };
-        let written = write(&mut conn, writes).await;
-        if written.is_ok() {
-            *kept = Some(conn);
-        } else if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
-            // ROLLBACK fails harmlessly when the transaction never began;
-            // either way the next batch takes a fresh connection, and one
-            // that cannot even roll back is closed.
-            conn.close_on_drop();
+        let mut conn = CloseUnlessKept(Some(conn));
+        let written = write(conn.0.as_mut().expect("just set"), writes).await;
+        match (&written, conn.0.as_mut()) {
+            (Ok(_), _) => *kept = conn.0.take(),
+            // Gives the write lock back at once (harmless when the
+            // transaction never began); the connection is then closed, and
+            // the next batch takes a fresh one. After a panic it is closed
+            // with whatever transaction it was in.
+            (Err(_), Some(c)) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut **c).await;
+            }
+            (Err(_), None) => {}
         }
         written
+    }
+}
+
+/// A connection closed when dropped, unless taken back out: one that a
+/// failed batch may have left inside a transaction, holding the file's
+/// write lock, must not go back to the pool.
+struct CloseUnlessKept(Option<PoolConnection<Sqlite>>);
+
+impl Drop for CloseUnlessKept {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.as_mut() {
+            conn.close_on_drop();
+        }
     }
 }
 
@@ -139,13 +157,21 @@ impl Script {
             let digits = rest[at + 1..]
                 .find(|c: char| !c.is_ascii_digit())
                 .unwrap_or(rest.len() - at - 1);
-            let n: usize = rest[at + 1..at + 1 + digits]
-                .parse()
-                .expect("placeholders come from Script::bind");
-            let added = match self.values[n - 1].clone() {
-                Val::Int(v) => self.args.add(v),
-                Val::Text(v) => self.args.add(v),
-                Val::Blob(v) => self.args.add(v),
+            let value = rest[at + 1..at + 1 + digits]
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| self.values.get(n.checked_sub(1)?))
+                .cloned();
+            let added = match value {
+                Some(Val::Int(v)) => self.args.add(v),
+                Some(Val::Text(v)) => self.args.add(v),
+                Some(Val::Blob(v)) => self.args.add(v),
+                // Every `?` in the ledger's SQL is one of `bind`'s; anything
+                // else fails the batch before it is sent.
+                None => Err(format!(
+                    "a `?` in the ledger's SQL that is no bound value: {statement}"
+                )
+                .into()),
             };
             if let Err(e) = added {
                 self.error.get_or_insert(e);
@@ -199,10 +225,6 @@ async fn write(
     conn: &mut SqliteConnection,
     writes: &[Write],
 ) -> Result<Vec<Result<Answer, LedgerError>>, LedgerError> {
-    let now = now_ms();
-    let mut script = Script::default();
-    // `?1` in every statement of the second command.
-    script.bind(now);
     // 1. The leases of the requests accepted or claimed.
     let mut leases: HashMap<String, LeaseState> = HashMap::new();
     let wanted: Vec<&str> = {
@@ -217,9 +239,8 @@ async fn write(
             .filter(|id| seen.insert(*id))
             .collect()
     };
-    if wanted.is_empty() {
-        script.push("BEGIN IMMEDIATE");
-    } else {
+    let began = !wanted.is_empty();
+    if began {
         let mut first = Script::default();
         first.push("BEGIN IMMEDIATE");
         let list: Vec<String> = wanted.iter().map(|id| first.bind(*id)).collect();
@@ -232,6 +253,15 @@ async fn write(
             let row = LeaseRow::from_row(&row)?;
             leases.insert(row.request_id, row.lease);
         }
+    }
+    // The clock once the write lock is ours (`BEGIN IMMEDIATE` may have
+    // waited for another process): a lock wait must not eat the leases
+    // granted. `?1` in every statement of the second command.
+    let now = now_ms();
+    let mut script = Script::default();
+    script.bind(now);
+    if !began {
+        script.push("BEGIN IMMEDIATE");
     }
     // Decided in order: accepts first (a request accepted here can be
     // claimed here), then claims.
@@ -306,18 +336,26 @@ async fn write(
     script.push("COMMIT");
     let mut records: HashMap<String, Result<RequestRecord, String>> = HashMap::new();
     let mut renewed: HashSet<(String, String)> = HashSet::new();
+    // The script has committed: from here on nothing may fail the batch.
+    // A row that cannot be read fails the writes that read it, and only
+    // those (a renewal not read back counts as not renewed).
     for row in script.run(conn).await? {
         if row.columns().first().map(|c| c.name()) == Some("renewed_id") {
-            renewed.insert((row.try_get(0)?, row.try_get(1)?));
+            if let (Ok(id), Ok(owner)) = (row.try_get(0), row.try_get(1)) {
+                renewed.insert((id, owner));
+            }
             continue;
         }
-        let row = RequestRow::from_row(&row)?;
-        let request_id = row.request_id.clone();
-        // An unreadable record fails the writes that read it, not the batch.
-        let record = RequestRecord::try_from(row).map_err(|e| match e {
-            LedgerError::Corrupt { message, .. } => message,
-            other => other.to_string(),
-        });
+        let Ok(request_id) = row.try_get::<String, _>("request_id") else {
+            continue;
+        };
+        let record = RequestRow::from_row(&row)
+            .map_err(LedgerError::from)
+            .and_then(RequestRecord::try_from)
+            .map_err(|e| match e {
+                LedgerError::Corrupt { message, .. } => message,
+                other => other.to_string(),
+            });
         records.insert(request_id, record);
     }
     Ok(writes

@@ -229,6 +229,7 @@ ledger_tests! {
     ],
     postgres: [
         a_claim_that_waited_for_a_step_record_sees_the_step,
+        a_row_locked_by_a_hung_transaction_holds_up_only_its_own_write,
         a_postgresql_url_names_the_same_ledger,
     ],
 }

@@ -262,3 +262,51 @@ pub(super) async fn writes_of_every_kind_made_at_once_each_get_their_own_answer(
         }
     ));
 }
+
+/// A request whose row another transaction keeps locked (its client hung)
+/// holds up only its own write: the writes batched with it are written, and
+/// it fails once the lock wait runs out.
+pub(super) async fn a_row_locked_by_a_hung_transaction_holds_up_only_its_own_write(s: Store) {
+    use sqlx::Connection;
+    let l = s.open().await;
+    for id in ["locked", "free-0", "free-1", "free-2"] {
+        l.accept(&req(id)).await.unwrap();
+    }
+    let mut hung = sqlx::PgConnection::connect(&s.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut hung).await.unwrap();
+    sqlx::query("SELECT 1 FROM requests WHERE request_id = 'locked' FOR UPDATE")
+        .execute(&mut hung)
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(30);
+    let started = std::time::Instant::now();
+    let others = (0..3).map(|i| {
+        let l = l.clone();
+        async move {
+            let id = format!("free-{i}");
+            l.record_step(
+                &id,
+                "create_tenant",
+                &Map::new(),
+                &Map::new(),
+                &Progress::default(),
+            )
+            .await
+            .map(|()| started.elapsed())
+        }
+    });
+    let (locked, others) = tokio::join!(
+        l.claim("locked", 1, 0, "w/1", lease),
+        futures::future::join_all(others)
+    );
+    for took in others {
+        let took = took.unwrap();
+        assert!(took < Duration::from_secs(9), "took {took:?}");
+    }
+    assert!(locked.is_err(), "{locked:?}");
+    sqlx::query("ROLLBACK").execute(&mut hung).await.unwrap();
+    assert!(matches!(
+        l.claim("locked", 1, 0, "w/1", lease).await.unwrap(),
+        Claim::Granted { .. }
+    ));
+}
