@@ -46,17 +46,17 @@ impl WriteBatch for PgWriter {
         &self,
         writes: &[Write],
     ) -> Result<Vec<Result<Answer, LedgerError>>, LedgerError> {
-        let mut tx = self.pool.begin().await?;
         // A row another transaction keeps locked (its client hung) fails
-        // the batch after this long instead of holding every write of it;
-        // group commit then writes them one by one, and only the locked
-        // request's write waits again.
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SET LOCAL lock_timeout = '{}ms'",
-            LOCK_TIMEOUT.as_millis()
-        )))
-        .execute(&mut *tx)
-        .await?;
+        // the batch after `LOCK_TIMEOUT` instead of holding every write of
+        // it; group commit then writes them one by one, and only the locked
+        // request's write waits again. Sent with the BEGIN, one round trip.
+        let mut tx = self
+            .pool
+            .begin_with(sqlx::AssertSqlSafe(format!(
+                "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+                LOCK_TIMEOUT.as_millis()
+            )))
+            .await?;
         let answers = write(&mut tx, writes).await?;
         tx.commit().await?;
         Ok(answers)
