@@ -13,11 +13,15 @@
 //! another reason than an outage is written again one write at a time, so
 //! one bad write fails only itself.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use super::rows::object_text;
 use super::{Accept, Claim, Finish, LedgerError, NewRequest, Progress};
 
 /// Most writes in one transaction.
@@ -82,6 +86,26 @@ pub(super) enum Write {
     Finish(FinishOp),
     Renew(RenewOp),
     Abandon(AbandonOp),
+}
+
+/// The batch's step records, in order.
+pub(super) fn records(writes: &[Write]) -> Vec<&RecordOp> {
+    writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Record(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Where each request recorded stands after the batch: the progress of its
+/// last record (which would have been written last).
+pub(super) fn last_progress<'w>(records: &[&'w RecordOp]) -> HashMap<&'w str, &'w Progress> {
+    records
+        .iter()
+        .map(|r| (r.request_id.as_str(), &r.progress))
+        .collect()
 }
 
 /// What one write got.
@@ -150,30 +174,105 @@ impl GroupCommit {
         answer.await.map_err(|_| stopped())?
     }
 
-    pub async fn accept(&self, request: NewRequest) -> Result<Accept, LedgerError> {
-        match self.write(Write::Accept(request)).await? {
+    // The writes of [`super::Ledger`], with its arguments.
+
+    pub async fn accept(&self, request: &NewRequest) -> Result<Accept, LedgerError> {
+        match self.write(Write::Accept(request.clone())).await? {
             Answer::Accepted(accept) => Ok(accept),
             other => Err(mismatched(&other)),
         }
     }
 
-    pub async fn claim(&self, op: ClaimOp) -> Result<Claim, LedgerError> {
+    pub async fn claim(
+        &self,
+        request_id: &str,
+        seq: i64,
+        step: u32,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Claim, LedgerError> {
+        let op = ClaimOp {
+            request_id: request_id.to_string(),
+            seq,
+            step: i64::from(step),
+            owner: owner.to_string(),
+            lease_ms: lease.as_millis() as i64,
+        };
         match self.write(Write::Claim(op)).await? {
             Answer::Claimed(claim) => Ok(claim),
             other => Err(mismatched(&other)),
         }
     }
 
-    pub async fn renew(&self, op: RenewOp) -> Result<bool, LedgerError> {
+    pub async fn record_step(
+        &self,
+        request_id: &str,
+        step_key: &str,
+        outputs: &Map<String, Value>,
+        secrets: &Map<String, Value>,
+        progress: &Progress,
+    ) -> Result<(), LedgerError> {
+        self.done(Write::Record(RecordOp {
+            request_id: request_id.to_string(),
+            step_key: step_key.to_string(),
+            outputs: object_text(outputs),
+            secrets: object_text(secrets),
+            progress: progress.clone(),
+        }))
+        .await
+    }
+
+    pub async fn finish(&self, request_id: &str, finish: &Finish) -> Result<(), LedgerError> {
+        self.done(Write::Finish(FinishOp {
+            request_id: request_id.to_string(),
+            finish: finish.clone(),
+        }))
+        .await
+    }
+
+    pub async fn advance(
+        &self,
+        request_id: &str,
+        owner: &str,
+        next_seq: i64,
+        progress: &Progress,
+    ) -> Result<(), LedgerError> {
+        self.done(Write::Advance(AdvanceOp {
+            request_id: request_id.to_string(),
+            owner: owner.to_string(),
+            next_seq,
+            progress: progress.clone(),
+        }))
+        .await
+    }
+
+    pub async fn renew(
+        &self,
+        request_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, LedgerError> {
+        let op = RenewOp {
+            request_id: request_id.to_string(),
+            owner: owner.to_string(),
+            lease_ms: lease.as_millis() as i64,
+        };
         match self.write(Write::Renew(op)).await? {
             Answer::Renewed(held) => Ok(held),
             other => Err(mismatched(&other)),
         }
     }
 
-    /// A write answered with nothing but its success: a record, a cursor
-    /// move, an end, an abandoned lease.
-    pub async fn done(&self, write: Write) -> Result<(), LedgerError> {
+    pub async fn abandon(&self, request_id: &str, owner: &str) -> Result<(), LedgerError> {
+        self.done(Write::Abandon(AbandonOp {
+            request_id: request_id.to_string(),
+            owner: owner.to_string(),
+        }))
+        .await
+    }
+
+    /// A write answered with nothing but its success.
+    async fn done(&self, write: Write) -> Result<(), LedgerError> {
         match self.write(write).await? {
             Answer::Done => Ok(()),
             other => Err(mismatched(&other)),

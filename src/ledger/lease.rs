@@ -2,6 +2,11 @@
 //! and lease as read under the request's write lock (PostgreSQL's row lock,
 //! SQLite's write transaction), what a claim gets.
 
+use std::collections::HashMap;
+
+use super::group_commit::ClaimOp;
+use super::Claim;
+
 /// A request's cursor and lease as stored.
 #[derive(Clone, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
 pub(super) struct LeaseState {
@@ -74,6 +79,43 @@ impl LeaseState {
         self.lease_until = Some(until_ms);
         self.lease_seq = Some(claim.seq);
         self.lease_step = Some(claim.step);
+    }
+}
+
+/// What one claim of a batch got: not the lease (unknown request, stale,
+/// busy), or the lease.
+pub(super) enum InBatch {
+    Refused(Claim),
+    Granted { interrupted: bool },
+}
+
+/// Decides claim `c` of a batch against `leases` as the batch's earlier
+/// writes left them (both backends). A lease granted is taken there, so the
+/// batch's later claims see it, and its request is noted in `taken` (once).
+pub(super) fn decide_in_batch<'w>(
+    leases: &mut HashMap<String, LeaseState>,
+    c: &'w ClaimOp,
+    now_ms: i64,
+    taken: &mut Vec<&'w str>,
+) -> InBatch {
+    let Some(state) = leases.get_mut(&c.request_id) else {
+        return InBatch::Refused(Claim::Unknown);
+    };
+    let claimant = Claimant {
+        seq: c.seq,
+        step: c.step,
+        owner: &c.owner,
+    };
+    match decide(state, &claimant, now_ms) {
+        Decision::Stale => InBatch::Refused(Claim::Stale),
+        Decision::Busy { until_ms, holder } => InBatch::Refused(Claim::Busy { until_ms, holder }),
+        Decision::Granted { interrupted } => {
+            state.take(&claimant, now_ms + c.lease_ms);
+            if !taken.contains(&c.request_id.as_str()) {
+                taken.push(&c.request_id);
+            }
+            InBatch::Granted { interrupted }
+        }
     }
 }
 

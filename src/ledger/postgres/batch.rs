@@ -25,8 +25,8 @@ use async_trait::async_trait;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use super::{fetch_records, DB_NOW_MS};
-use crate::ledger::group_commit::{Answer, ClaimOp, Write, WriteBatch};
-use crate::ledger::lease::{self, Claimant, Decision, LeaseState};
+use crate::ledger::group_commit::{self, Answer, Write, WriteBatch};
+use crate::ledger::lease::{self, InBatch, LeaseState};
 use crate::ledger::rows::RECORD_PROGRESS;
 use crate::ledger::{now_ms, Accept, Claim, LedgerError, RequestRecord};
 
@@ -180,7 +180,12 @@ async fn write(
     let mut taken: Vec<&str> = Vec::new();
     for (i, w) in writes.iter().enumerate() {
         if let Write::Claim(c) = w {
-            planned[i] = Some(decide(&mut leases, c, now, &mut taken));
+            planned[i] = Some(
+                match lease::decide_in_batch(&mut leases, c, now, &mut taken) {
+                    InBatch::Refused(claim) => Planned::Answer(Answer::Claimed(claim)),
+                    InBatch::Granted { interrupted } => Planned::Granted { interrupted },
+                },
+            );
         }
     }
     // 4. The rest.
@@ -313,36 +318,6 @@ fn record(
     }
 }
 
-/// One claim decided against the leases as the batch left them so far.
-fn decide<'w>(
-    leases: &mut HashMap<String, LeaseState>,
-    c: &'w ClaimOp,
-    now: i64,
-    taken: &mut Vec<&'w str>,
-) -> Planned {
-    let Some(state) = leases.get_mut(&c.request_id) else {
-        return Planned::Answer(Answer::Claimed(Claim::Unknown));
-    };
-    let claimant = Claimant {
-        seq: c.seq,
-        step: c.step,
-        owner: &c.owner,
-    };
-    match lease::decide(state, &claimant, now) {
-        Decision::Stale => Planned::Answer(Answer::Claimed(Claim::Stale)),
-        Decision::Busy { until_ms, holder } => {
-            Planned::Answer(Answer::Claimed(Claim::Busy { until_ms, holder }))
-        }
-        Decision::Granted { interrupted } => {
-            state.take(&claimant, now + c.lease_ms);
-            if !taken.contains(&c.request_id.as_str()) {
-                taken.push(&c.request_id);
-            }
-            Planned::Granted { interrupted }
-        }
-    }
-}
-
 /// Each record's step, unless recorded already (the first record of a step
 /// is the one kept) or its request is unknown, numbered in the batch's
 /// order; then where each running request stands (the batch's last record
@@ -352,13 +327,7 @@ async fn record_steps(
     writes: &[Write],
     now: i64,
 ) -> Result<(), LedgerError> {
-    let records: Vec<_> = writes
-        .iter()
-        .filter_map(|w| match w {
-            Write::Record(r) => Some(r),
-            _ => None,
-        })
-        .collect();
+    let records = group_commit::records(writes);
     if records.is_empty() {
         return Ok(());
     }
@@ -382,10 +351,7 @@ async fn record_steps(
     .bind(now)
     .execute(&mut **tx)
     .await?;
-    let mut last = HashMap::new();
-    for r in &records {
-        last.insert(r.request_id.as_str(), &r.progress);
-    }
+    let last = group_commit::last_progress(&records);
     let (mut id, mut step, mut index, mut waiting) = (vec![], vec![], vec![], vec![]);
     for (request_id, progress) in last {
         id.push(request_id);

@@ -27,10 +27,8 @@ use serde_json::{Map, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor, PgConnection, PgPool, Row};
 
-use super::group_commit::{
-    AbandonOp, AdvanceOp, ClaimOp, FinishOp, GroupCommit, RecordOp, RenewOp, Write,
-};
-use super::rows::{object_text, RequestRow, REQUEST_COLUMNS};
+use super::group_commit::GroupCommit;
+use super::rows::{RequestRow, REQUEST_COLUMNS};
 use super::{
     now_ms, Accept, Claim, Finish, Ledger, LedgerError, NewRequest, Progress, RequestRecord,
 };
@@ -167,7 +165,7 @@ const DB_NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT"
 #[async_trait]
 impl Ledger for PostgresLedger {
     async fn accept(&self, request: &NewRequest) -> Result<Accept, LedgerError> {
-        self.batch.accept(request.clone()).await
+        self.batch.accept(request).await
     }
 
     async fn claim(
@@ -178,15 +176,7 @@ impl Ledger for PostgresLedger {
         owner: &str,
         lease: Duration,
     ) -> Result<Claim, LedgerError> {
-        self.batch
-            .claim(ClaimOp {
-                request_id: request_id.to_string(),
-                seq,
-                step: i64::from(step),
-                owner: owner.to_string(),
-                lease_ms: lease.as_millis() as i64,
-            })
-            .await
+        self.batch.claim(request_id, seq, step, owner, lease).await
     }
 
     async fn record_step(
@@ -198,23 +188,12 @@ impl Ledger for PostgresLedger {
         progress: &Progress,
     ) -> Result<(), LedgerError> {
         self.batch
-            .done(Write::Record(RecordOp {
-                request_id: request_id.to_string(),
-                step_key: step_key.to_string(),
-                outputs: object_text(outputs),
-                secrets: object_text(secrets),
-                progress: progress.clone(),
-            }))
+            .record_step(request_id, step_key, outputs, secrets, progress)
             .await
     }
 
     async fn finish(&self, request_id: &str, finish: &Finish) -> Result<(), LedgerError> {
-        self.batch
-            .done(Write::Finish(FinishOp {
-                request_id: request_id.to_string(),
-                finish: finish.clone(),
-            }))
-            .await
+        self.batch.finish(request_id, finish).await
     }
 
     async fn advance(
@@ -225,12 +204,7 @@ impl Ledger for PostgresLedger {
         progress: &Progress,
     ) -> Result<(), LedgerError> {
         self.batch
-            .done(Write::Advance(AdvanceOp {
-                request_id: request_id.to_string(),
-                owner: owner.to_string(),
-                next_seq,
-                progress: progress.clone(),
-            }))
+            .advance(request_id, owner, next_seq, progress)
             .await
     }
 
@@ -240,22 +214,11 @@ impl Ledger for PostgresLedger {
         owner: &str,
         lease: Duration,
     ) -> Result<bool, LedgerError> {
-        self.batch
-            .renew(RenewOp {
-                request_id: request_id.to_string(),
-                owner: owner.to_string(),
-                lease_ms: lease.as_millis() as i64,
-            })
-            .await
+        self.batch.renew(request_id, owner, lease).await
     }
 
     async fn abandon(&self, request_id: &str, owner: &str) -> Result<(), LedgerError> {
-        self.batch
-            .done(Write::Abandon(AbandonOp {
-                request_id: request_id.to_string(),
-                owner: owner.to_string(),
-            }))
-            .await
+        self.batch.abandon(request_id, owner).await
     }
 
     async fn ping(&self) -> Result<(), LedgerError> {

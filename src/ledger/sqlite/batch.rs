@@ -24,8 +24,8 @@ use sqlx::{Arguments, Column, FromRow, Row, Sqlite, SqliteConnection, SqlitePool
 use tokio::sync::Mutex;
 
 use super::STEPS;
-use crate::ledger::group_commit::{Answer, ClaimOp, Write, WriteBatch};
-use crate::ledger::lease::{self, Claimant, Decision, LeaseState};
+use crate::ledger::group_commit::{self, Answer, Write, WriteBatch};
+use crate::ledger::lease::{self, InBatch, LeaseState};
 use crate::ledger::rows::{RequestRow, RECORD_PROGRESS, REQUEST_COLUMNS};
 use crate::ledger::{now_ms, Accept, Claim, LedgerError, RequestRecord};
 
@@ -283,7 +283,14 @@ async fn write(
     let mut taken: Vec<&str> = Vec::new();
     for (i, w) in writes.iter().enumerate() {
         if let Write::Claim(c) = w {
-            planned[i] = Some(decide(&mut leases, c, now, &mut taken));
+            planned[i] = Some(
+                match lease::decide_in_batch(&mut leases, c, now, &mut taken) {
+                    InBatch::Refused(claim) => Planned::Answer(Answer::Claimed(claim)),
+                    InBatch::Granted { interrupted } => {
+                        Planned::Record(Then::Granted { interrupted })
+                    }
+                },
+            );
         }
     }
     // 2. Every write, then the records read back, then the commit.
@@ -365,47 +372,11 @@ async fn write(
         .collect())
 }
 
-/// One claim decided against the leases as the batch left them so far.
-fn decide<'w>(
-    leases: &mut HashMap<String, LeaseState>,
-    c: &'w ClaimOp,
-    now: i64,
-    taken: &mut Vec<&'w str>,
-) -> Planned {
-    let Some(state) = leases.get_mut(&c.request_id) else {
-        return Planned::Answer(Answer::Claimed(Claim::Unknown));
-    };
-    let claimant = Claimant {
-        seq: c.seq,
-        step: c.step,
-        owner: &c.owner,
-    };
-    match lease::decide(state, &claimant, now) {
-        Decision::Stale => Planned::Answer(Answer::Claimed(Claim::Stale)),
-        Decision::Busy { until_ms, holder } => {
-            Planned::Answer(Answer::Claimed(Claim::Busy { until_ms, holder }))
-        }
-        Decision::Granted { interrupted } => {
-            state.take(&claimant, now + c.lease_ms);
-            if !taken.contains(&c.request_id.as_str()) {
-                taken.push(&c.request_id);
-            }
-            Planned::Record(Then::Granted { interrupted })
-        }
-    }
-}
-
 /// Each record's step, unless recorded already (the first record of a step
 /// is the one kept) or its request is unknown; then where each running
 /// request stands (the batch's last record of a request wins).
 fn record_steps(script: &mut Script, writes: &[Write]) {
-    let records: Vec<_> = writes
-        .iter()
-        .filter_map(|w| match w {
-            Write::Record(r) => Some(r),
-            _ => None,
-        })
-        .collect();
+    let records = group_commit::records(writes);
     if records.is_empty() {
         return;
     }
@@ -432,10 +403,7 @@ fn record_steps(script: &mut Script, writes: &[Write]) {
          ON CONFLICT (request_id, step_key) DO NOTHING",
         rows.join(", ")
     ));
-    let mut last = HashMap::new();
-    for r in &records {
-        last.insert(r.request_id.as_str(), &r.progress);
-    }
+    let last = group_commit::last_progress(&records);
     let rows: Vec<String> = last
         .into_iter()
         .map(|(request_id, progress)| {
